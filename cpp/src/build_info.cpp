@@ -1,0 +1,23 @@
+#include "maskid/build_info.hpp"
+
+namespace maskid {
+
+BuildInfo build_info() {
+  BuildInfo info{};
+#ifdef MASKID_WITH_CUDA
+  info.cuda = true;
+#endif
+#ifdef MASKID_WITH_TENSORRT
+  info.tensorrt = true;
+#endif
+#if defined(__clang__)
+  info.compiler = "clang " __clang_version__;
+#elif defined(__GNUC__)
+  info.compiler = "gcc " __VERSION__;
+#else
+  info.compiler = "unknown";
+#endif
+  return info;
+}
+
+}  // namespace maskid
