@@ -30,7 +30,7 @@ class Face:
 
     @property
     def size(self) -> float:
-        """Geometric mean of box width and height, used to sort largest first."""
+        """Box area in pixels, used to sort faces largest first."""
         w = float(self.box[2] - self.box[0])
         h = float(self.box[3] - self.box[1])
         return max(w, 0.0) * max(h, 0.0)
