@@ -1,0 +1,273 @@
+"""The pipeline: detect -> align -> embed -> match, over one gallery.
+
+Every stage writes onto the `Face` records (insightface's stage protocol), so a caller can stop
+after any stage: `analyze()` gives descriptors, `recognize()` adds identities and scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from maskid.errors import ImageError, MaskidError, NoFaceError
+from maskid.face import Face, Match
+
+ImageInput = str | Path | np.ndarray
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def l2_normalize(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass
+class BuildReport:
+    added: int = 0
+    skipped_known: int = 0
+    no_face: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    identities: int = 0
+
+
+class Recognizer:
+    """Face identification against a gallery. Models load lazily on first use.
+
+    >>> rec = Recognizer("my-gallery")
+    >>> rec.enroll("Ada", ["ada.jpg"])
+    >>> [(f.identity, f.match_score) for f in rec.recognize("masked.jpg")]
+    """
+
+    def __init__(
+        self,
+        gallery: str | Path | None = None,
+        model: str | None = None,
+        threshold: float | None = None,
+        mask_copies: int | None = None,
+    ) -> None:
+        from maskid import models
+        from maskid.paths import default_gallery_dir
+
+        self.gallery_dir = Path(gallery) if gallery is not None else default_gallery_dir()
+        self.model_name = model or models.DEFAULT_MODEL
+        self._threshold = threshold
+        self._mask_copies = mask_copies
+        self._detector = None
+        self._embedder = None
+        self._gallery = None
+
+    # -- stages ---------------------------------------------------------------------------
+    @property
+    def detector(self):  # type: ignore[no-untyped-def]
+        if self._detector is None:
+            from maskid.detect import Detector
+
+            self._detector = Detector()
+        return self._detector
+
+    @property
+    def embedder(self):  # type: ignore[no-untyped-def]
+        if self._embedder is None:
+            from maskid.embedder import Embedder
+
+            self._embedder = Embedder(self.model_name)
+        return self._embedder
+
+    @property
+    def threshold(self) -> float:
+        """Cosine-similarity threshold below which a face is "unknown"."""
+        if self._threshold is not None:
+            return self._threshold
+        return float(self.embedder.threshold)
+
+    @property
+    def mask_copies(self) -> int:
+        """Synthetically masked copies enrolled beside each photo (see maskid.masks)."""
+        if self._mask_copies is not None:
+            return self._mask_copies
+        return int(self.embedder.enroll_mask_copies)
+
+    def load(self, image: ImageInput) -> np.ndarray:
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ImageError("image array must be uint8 HxWx3 RGB")
+            return image
+        from maskid.imageio import load_image
+
+        return load_image(image)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        faces: list[Face] = self.detector.detect(image)
+        return faces
+
+    def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """Align and embed `faces` of `image` in one batch; writes `chip_transform`/`descriptor`."""
+        from maskid.align import chip_transform
+
+        if not faces:
+            return np.zeros((0, self.embedder.dim), np.float32)
+        transforms = [chip_transform(f.landmarks) for f in faces]
+        descriptors = self.embedder.embed_image(image, transforms)
+        for f, m, d in zip(faces, transforms, descriptors, strict=True):
+            f.chip_transform = m
+            f.descriptor = d
+        return descriptors
+
+    def analyze(self, image: ImageInput) -> list[Face]:
+        """Detect every face (largest first) and compute its descriptor."""
+        img = self.load(image)
+        faces = self.detect(img)
+        self.embed(img, faces)
+        return faces
+
+    # -- gallery --------------------------------------------------------------------------
+    def gallery(self, create: bool = False):  # type: ignore[no-untyped-def]
+        from maskid.gallery import Gallery
+
+        if self._gallery is None or (create and not self._gallery_exists()):
+            self._gallery = Gallery.open(
+                self.gallery_dir,
+                embedder_id=self.embedder.model_id,
+                dim=self.embedder.dim,
+                create=create,
+            )
+        return self._gallery
+
+    def _gallery_exists(self) -> bool:
+        from maskid.gallery import Gallery
+
+        return Gallery.exists(self.gallery_dir)
+
+    def _enrollment_vectors(self, image: np.ndarray, face: Face, seed: int) -> np.ndarray:
+        """The face's descriptor plus those of synthetically masked copies of it."""
+        assert face.descriptor is not None
+        vectors = [face.descriptor]
+        if self.mask_copies > 0:
+            from maskid.masks import apply_mask, enrollment_styles
+
+            rng = np.random.default_rng(seed)
+            styles = enrollment_styles(self.mask_copies)
+            masked = [apply_mask(image, face.landmarks, rng=rng, style=s) for s in styles]
+            for m in masked:
+                vectors.append(self.embedder.embed_image(m, [face.chip_transform])[0])
+        return np.stack(vectors)
+
+    def enroll_face(self, image: np.ndarray) -> Face:
+        """The single face of an enrollment photo (several faces is an error: whose is it?)."""
+        faces = self.analyze(image)
+        if not faces:
+            raise NoFaceError("no face found")
+        if len(faces) > 1 and faces[1].size > 0.25 * faces[0].size:
+            raise NoFaceError(f"{len(faces)} faces found; enroll from a photo of one person")
+        return faces[0]
+
+    def enroll(self, name: str, images: Iterable[ImageInput]) -> int:
+        """Add a person from one or more photos; returns the number of photos enrolled."""
+        items = []
+        for image in images:
+            img = self.load(image)
+            try:
+                face = self.enroll_face(img)
+            except NoFaceError as e:
+                raise NoFaceError(f"{_label(image)}: {e}") from None
+            source = _source(image)
+            seed = int(source["sha256"][:8], 16)
+            items.append((self._enrollment_vectors(img, face, seed), source))
+        gallery = self.gallery(create=True)
+        with gallery.batch() as batch:
+            for vectors, source in items:
+                batch.add(name, vectors, [source] * len(vectors))
+        return len(items)
+
+    def remove(self, name: str) -> int:
+        return int(self.gallery().remove(name))
+
+    def identities(self) -> dict[str, int]:
+        return dict(self.gallery().identities())
+
+    def recognize(
+        self, image: ImageInput, top_k: int = 5, threshold: float | None = None
+    ) -> list[Face]:
+        """Identify every face in the image: `identity` is None below the threshold."""
+        gallery = self.gallery()
+        faces = self.analyze(image)
+        if not faces:
+            return faces
+        t = self.threshold if threshold is None else threshold
+        queries = np.stack([f.descriptor for f in faces if f.descriptor is not None])
+        results: list[list[Match]] = gallery.search(queries, k=top_k)
+        for f, matches in zip(faces, results, strict=True):
+            f.matches = matches
+            best = matches[0] if matches else None
+            f.match_score = best.score if best else None
+            f.identity = best.identity if best and best.score >= t else None
+        return faces
+
+    def build(
+        self,
+        dataset: str | Path,
+        progress: Callable[[Iterable[Path]], Iterable[Path]] | None = None,
+    ) -> BuildReport:
+        """Add every image of DATASET/<identity>/* not yet in the gallery (one commit)."""
+        root = Path(dataset)
+        if not root.is_dir():
+            raise ImageError(f"{root}: not a directory of identity folders")
+        work = [
+            (person.name, p)
+            for person in sorted(root.iterdir())
+            if person.is_dir()
+            for p in sorted(person.iterdir())
+            if p.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not work:
+            raise ImageError(f"{root}: no images found in identity sub-folders")
+        gallery = self.gallery(create=True)
+        report = BuildReport()
+        paths = [p for _, p in work]
+        iterator = progress(paths) if progress else paths
+        with gallery.batch() as batch:
+            for (name, _), path in zip(work, iterator, strict=True):
+                source = _source(path)
+                if gallery.has_source(source["sha256"]):
+                    report.skipped_known += 1
+                    continue
+                try:
+                    img = self.load(path)
+                    faces = self.analyze(img)
+                except MaskidError:
+                    report.unreadable.append(str(path))
+                    continue
+                if not faces:
+                    report.no_face.append(str(path))
+                    continue
+                # Dataset photos often show bystanders: the largest face is the subject.
+                seed = int(source["sha256"][:8], 16)
+                vectors = self._enrollment_vectors(img, faces[0], seed)
+                batch.add(name, vectors, [source] * len(vectors))
+                report.added += 1
+        report.identities = len(gallery.identities())
+        return report
+
+
+def _label(image: ImageInput) -> str:
+    return str(image) if not isinstance(image, np.ndarray) else "<array>"
+
+
+def _source(image: ImageInput) -> dict[str, str]:
+    if isinstance(image, np.ndarray):
+        return {"path": "<array>", "sha256": hashlib.sha256(image.tobytes()).hexdigest()}
+    path = Path(image)
+    return {"path": str(path.resolve()), "sha256": file_sha256(path)}

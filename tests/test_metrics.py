@@ -1,0 +1,72 @@
+"""Open-set metrics on constructed score matrices whose answers are known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from maskid.metrics import (
+    equal_error_rate,
+    identification_report,
+    rank_k,
+    rates,
+    tar_at_far,
+    threshold_at_far,
+)
+
+
+def test_rank_k_counts_identities_scoring_higher() -> None:
+    scores = np.array([[0.9, 0.1, 0.2], [0.3, 0.5, 0.4], [0.1, 0.2, 0.3]])
+    truth = np.array([0, 2, 0])  # ranks: 1, 2, 3
+    assert rank_k(scores, truth, 1) == 1 / 3
+    assert rank_k(scores, truth, 2) == 2 / 3
+    assert rank_k(scores, truth, 3) == 1.0
+
+
+def test_probe_without_face_misses_every_rank() -> None:
+    scores = np.array([[-np.inf, -np.inf]])
+    assert rank_k(scores, np.array([1]), 2) == 0.0
+
+
+def test_threshold_at_far_allows_at_most_the_requested_false_accepts() -> None:
+    rng = np.random.default_rng(0)
+    impostor = rng.normal(0.0, 0.1, 20_000)
+    for far in (1e-3, 1e-2, 0.1):
+        t = threshold_at_far(impostor, far)
+        measured = (impostor >= t).mean()
+        assert measured <= far
+        assert measured > far - 2 / len(impostor)  # and not much stricter than needed
+
+
+def test_separable_scores_give_perfect_tar_and_zero_eer() -> None:
+    genuine = np.linspace(0.6, 0.9, 50)
+    impostor = np.linspace(-0.2, 0.4, 5000)
+    assert tar_at_far(genuine, impostor, 1e-3) == 1.0
+    assert equal_error_rate(genuine, impostor) == 0.0
+
+
+def test_identical_distributions_give_eer_near_half() -> None:
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=(2, 4000))
+    assert abs(equal_error_rate(s[0], s[1]) - 0.5) < 0.03
+
+
+def test_report_open_set_and_no_face_accounting() -> None:
+    # 3 identities; probes: two known (one correct, one not), one impostor, one without a face.
+    scores = np.array(
+        [
+            [0.9, 0.2, 0.1],  # truth 0: correct
+            [0.7, 0.3, 0.2],  # truth 1: wrong (0 wins)
+            [0.5, 0.1, 0.0],  # impostor
+            [0.9, 0.9, 0.9],  # truth 2, but no face: ignored scores, counted as an error
+        ]
+    )
+    truth = np.array([0, 1, -1, 2])
+    no_face = np.array([False, False, False, True])
+    rep = identification_report(scores, truth, no_face, threshold=0.6)
+    assert rep.n_probes == 4 and rep.n_known == 3 and rep.n_no_face == 1
+    assert rep.rank1 == 1 / 3
+    assert rep.n_genuine == 3
+    # impostor pairs: 2 from probe 0, 2 from probe 1, 3 from the impostor probe.
+    assert rep.n_impostor == 7
+    far, frr = rates(np.array([0.9, 0.3, -np.inf]), np.array([0.2, 0.1, 0.7, 0.2, 0.5, 0.1, 0.0]), 0.6)
+    assert (rep.far_at_threshold, rep.frr_at_threshold) == (far, frr) == (1 / 7, 2 / 3)
