@@ -156,12 +156,12 @@ class Recognizer:
         assert face.descriptor is not None
         vectors = [face.descriptor]
         if self.mask_copies > 0:
-            from maskid.masks import apply_mask, enrollment_styles
+            from maskid.masks import apply_mask
 
+            # Random styles/colours, seeded by the photo so a re-run enrolls the same copies.
             rng = np.random.default_rng(seed)
-            styles = enrollment_styles(self.mask_copies)
-            masked = [apply_mask(image, face.landmarks, rng=rng, style=s) for s in styles]
-            for m in masked:
+            for _ in range(self.mask_copies):
+                m = apply_mask(image, face.landmarks, rng=rng)
                 vectors.append(self.embedder.embed_image(m, [face.chip_transform])[0])
         return np.stack(vectors)
 

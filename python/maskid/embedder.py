@@ -1,0 +1,150 @@
+"""Face descriptors from an ONNX embedder (onnxruntime, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from maskid.errors import ModelError
+from maskid.models import available_models, model_path, sha256_file
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    s = str(name_or_path)
+    if s in available_models():
+        return model_path(s)
+    if s.endswith(".onnx") or Path(s).is_file():
+        path = Path(s)
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist")
+        return path
+    return model_path(s)  # raises ModelError listing the known names
+
+
+class Embedder:
+    """`Embedder("dlib-resnet-v1")` or `Embedder("path/to/model.onnx")`.
+
+    The model takes N x 3 x H x W float32 RGB 0..255 ("input") and returns N x dim
+    ("descriptor"); normalisation happens inside the graph.
+    """
+
+    def __init__(self, name_or_path: str | Path = "dlib-resnet-v1", intra_op_threads: int = 1):
+        path = _resolve(name_or_path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(
+                str(path), opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own types for bad files
+            raise ModelError(f"cannot load model {path.name}: {str(e).splitlines()[0]}") from None
+        self.path = path
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ModelError(f"{path.name}: expected one input and one output")
+        ishape, oshape = inputs[0].shape, outputs[0].shape
+        if (
+            len(ishape) != 4
+            or ishape[1] != 3
+            or not (isinstance(ishape[2], int) and ishape[2] > 0 and ishape[2] == ishape[3])
+            or len(oshape) != 2
+            or not (isinstance(oshape[1], int) and oshape[1] > 0)
+            or inputs[0].type != "tensor(float)"
+        ):
+            raise ModelError(
+                f"{path.name}: expected input N x 3 x S x S float and output N x dim, "
+                f"got {ishape} -> {oshape}"
+            )
+        self._input, self._output = inputs[0].name, outputs[0].name
+        self._size = int(ishape[2])
+        self._dim = int(oshape[1])
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self._name = meta.get("model_name") or path.stem
+        self._meta = meta
+        self._model_id = f"{self._name}:{sha256_file(path)[:16]}"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def model_id(self) -> str:
+        """Name + ONNX sha256 prefix: a gallery refuses vectors made by another embedder."""
+        return self._model_id
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square chips the model takes (150 for dlib)."""
+        return self._size
+
+    @property
+    def threshold(self) -> float:
+        """Default "same person" cosine threshold, chosen at FAR 1e-3 on the dev set."""
+        return float(self._setting("threshold"))
+
+    @property
+    def enroll_mask_copies(self) -> int:
+        """Synthetically masked copies to enroll beside each photo (measured to help)."""
+        return int(self._setting("enroll_mask_copies"))
+
+    def _setting(self, key: str) -> str:
+        # Shipped models carry their operating settings in the ONNX metadata; the converted dlib
+        # model takes them from the registry (measured by benchmarks/accuracy.py).
+        from maskid.models import MODEL_SETTINGS
+
+        if key in self._meta:
+            return self._meta[key]
+        return str(MODEL_SETTINGS.get(self._name, MODEL_SETTINGS["*"])[key])
+
+    @property
+    def chip_padding(self) -> float:
+        return float(json.loads(self._meta.get("chip_padding", "0.25")))
+
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        """float32 N x 3 x H x W RGB 0..255 -> float32 N x dim."""
+        if (
+            batch.dtype != np.float32
+            or batch.ndim != 4
+            or batch.shape[1:] != (3, self._size, self._size)
+        ):
+            raise ValueError(
+                f"expected float32 N x 3 x {self._size} x {self._size}, "
+                f"got {batch.dtype} {batch.shape}"
+            )
+        if len(batch) == 0:
+            return np.zeros((0, self._dim), np.float32)
+        out = self._session.run([self._output], {self._input: np.ascontiguousarray(batch)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """uint8 N x H x W x 3 RGB aligned chips -> float32 N x dim."""
+        if (
+            chips.dtype != np.uint8
+            or chips.ndim != 4
+            or chips.shape[1:] != (self._size, self._size, 3)
+        ):
+            raise ValueError(
+                f"expected uint8 N x {self._size} x {self._size} x 3, "
+                f"got {chips.dtype} {chips.shape}"
+            )
+        return self.embed_batch(chips.transpose(0, 3, 1, 2).astype(np.float32))
+
+    def embed_image(self, image: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
+        """uint8 H x W x 3 RGB image + one chip transform per face (see maskid.chip) -> N x dim."""
+        from maskid.chip import extract_chip
+
+        chips = [extract_chip(image, m, self._size) for m in transforms]
+        if not chips:
+            return np.zeros((0, self._dim), np.float32)
+        return self.embed_chips(np.stack(chips))
+
+    def __repr__(self) -> str:
+        return f"Embedder({self._model_id!r}, dim={self._dim})"

