@@ -6,6 +6,7 @@ BuildInfo build_info() {
   BuildInfo info{};
 #ifdef MASKID_WITH_CUDA
   info.cuda = true;
+  info.cuda_archs = MASKID_CUDA_ARCHS;
 #endif
 #ifdef MASKID_WITH_TENSORRT
   info.tensorrt = true;

@@ -8,6 +8,7 @@ struct BuildInfo {
   bool cuda;
   bool tensorrt;
   std::string compiler;
+  std::string cuda_archs;  // e.g. "87-real,89-real,90"; empty without CUDA
 };
 
 BuildInfo build_info();
