@@ -1,15 +1,16 @@
-"""Face descriptors from an ONNX embedder (onnxruntime, CPU)."""
+"""Face descriptors from an ONNX embedder: C++ core preprocessing + Engine execution."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from maskid.engine import OnnxEngine
 from maskid.errors import ModelError
-from maskid.models import available_models, model_path, sha256_file
+from maskid.models import DEFAULT_MODEL, available_models, model_path, sha256_file
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -31,17 +32,17 @@ class Embedder:
     ("descriptor"); normalisation happens inside the graph.
     """
 
-    def __init__(self, name_or_path: str | Path = "dlib-resnet-v1", intra_op_threads: int = 1):
+    def __init__(
+        self,
+        name_or_path: str | Path = DEFAULT_MODEL,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ):
         path = _resolve(name_or_path)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
-        try:
-            self._session = ort.InferenceSession(
-                str(path), opts, providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # onnxruntime raises its own types for bad files
-            raise ModelError(f"cannot load model {path.name}: {str(e).splitlines()[0]}") from None
+        # The Engine runs the batches (IO binding, CUDA provider when present); the session's
+        # metadata gives the model's own settings.
+        self._engine = OnnxEngine(path, providers, batch_max=None, threads=threads)
+        self._session = self._engine.session
         self.path = path
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -121,8 +122,7 @@ class Embedder:
             )
         if len(batch) == 0:
             return np.zeros((0, self._dim), np.float32)
-        out = self._session.run([self._output], {self._input: np.ascontiguousarray(batch)})[0]
-        return np.asarray(out, dtype=np.float32)
+        return self._engine.run(batch)
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
         """uint8 N x H x W x 3 RGB aligned chips -> float32 N x dim."""
@@ -139,12 +139,17 @@ class Embedder:
 
     def embed_image(self, image: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
         """uint8 H x W x 3 RGB image + one chip transform per face (see maskid.chip) -> N x dim."""
-        from maskid.chip import extract_chip
+        from maskid.chip import chip_source
+        from maskid.preprocess import warp_batch
 
-        chips = [extract_chip(image, m, self._size) for m in transforms]
-        if not chips:
-            return np.zeros((0, self._dim), np.float32)
-        return self.embed_chips(np.stack(chips))
+        batch = np.zeros((len(transforms), 3, self._size, self._size), np.float32)
+        for i, m in enumerate(transforms):
+            # dlib samples large faces from a pyramid level: chip_source picks the level (a view
+            # of the image otherwise), and the C++ core warps straight into the batch.
+            source, m_source = chip_source(image, m, self._size)
+            if source.shape[0] >= 2 and source.shape[1] >= 2:
+                warp_batch(source, m_source[None], size=self._size, out=batch[i : i + 1])
+        return self.embed_batch(batch)
 
     def __repr__(self) -> str:
         return f"Embedder({self._model_id!r}, dim={self._dim})"

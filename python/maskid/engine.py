@@ -54,6 +54,7 @@ class Engine(ABC):
         path: str | Path,
         providers: Sequence[str] | None = None,
         batch_max: int | None = None,
+        threads: int | None = None,
     ) -> Engine:
         """Open an ``.onnx`` model or a serialized TensorRT engine (``.engine``/``.plan``).
 
@@ -61,6 +62,7 @@ class Engine(ABC):
             "CPUExecutionProvider"]``; None means CUDA when available, else CPU.
         :param batch_max: split larger batches into chunks of this size (at most the engine's own
             maximum); None uses the engine's maximum (no limit for a dynamic ONNX batch axis).
+        :param threads: ONNX Runtime intra-op threads on the CPU (None: all cores).
         """
         p = Path(path)
         if not p.is_file():
@@ -69,7 +71,7 @@ class Engine(ABC):
             raise ValueError(f"batch_max must be >= 1, got {batch_max}")
         suffix = p.suffix.lower()
         if suffix in ONNX_SUFFIXES:
-            return OnnxEngine(p, providers, batch_max)
+            return OnnxEngine(p, providers, batch_max, threads)
         if suffix in TENSORRT_SUFFIXES:
             check_engine_sidecar(p)
             if hasattr(_core, "TrtExecutor"):
@@ -138,7 +140,13 @@ def _clamp_batch(requested: int | None, engine_max: int | None) -> int | None:
 class OnnxEngine(Engine):
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, providers: Sequence[str] | None, batch_max: int | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        providers: Sequence[str] | None,
+        batch_max: int | None,
+        threads: int | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -149,7 +157,12 @@ class OnnxEngine(Engine):
         if missing:
             raise ModelError(f"ONNX Runtime providers not available: {missing} (have {available})")
         try:
-            self.session = ort.InferenceSession(str(path), providers=list(providers))
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+            # Spinning worker threads steal the CPU from the rest of the pipeline on small boards.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = ort.InferenceSession(str(path), opts, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

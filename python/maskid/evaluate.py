@@ -65,12 +65,11 @@ def evaluate_folders(
     owners: list[int] = []
     for name, path in wrap(enroll):
         try:
-            img = rec.load(path)
-            face = rec.enroll_face(img)
+            face, context = rec.enroll_face(rec.load(path))
         except MaskidError:
             continue  # an enrollment photo without a usable face simply adds nothing
         seed = int(file_sha256(path)[:8], 16)  # same masks as `maskid enroll` would draw
-        v = rec._enrollment_vectors(img, face, seed)
+        v = rec._enrollment_vectors(context, face, seed)
         vectors.append(v)
         owners.extend([index[name]] * len(v))
     if not vectors:

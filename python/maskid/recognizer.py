@@ -11,12 +11,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from maskid.errors import ImageError, MaskidError, NoFaceError
 from maskid.face import Face, Match
 
 ImageInput = str | Path | np.ndarray
+
+# Images whose shorter side is at most this many pixels are treated as tight face crops.
+SMALL_IMAGE = 400
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -109,9 +113,22 @@ class Recognizer:
 
         return load_image(image)
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        faces: list[Face] = self.detector.detect(image)
-        return faces
+    def detect(self, image: np.ndarray) -> tuple[list[Face], np.ndarray, int]:
+        """Faces (largest first), the image the chips should come from, and its border.
+
+        Tight face crops leave the detector no context: small images are searched with a 50%
+        edge-replicated border (and any image where nothing was found is tried again so), and
+        the chips are then cut from the bordered image, as dlib's reference pipeline does.
+        Returned boxes and landmarks are in the coordinates of the bordered image.
+        """
+        h, w = image.shape[:2]
+        if min(h, w) > SMALL_IMAGE:
+            faces: list[Face] = self.detector.detect(image)
+            if faces:
+                return faces, image, 0
+        pad = max(h, w) // 2
+        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        return self.detector.detect(padded), padded, pad
 
     def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """Align and embed `faces` of `image` in one batch; writes `chip_transform`/`descriptor`."""
@@ -126,11 +143,27 @@ class Recognizer:
             f.descriptor = d
         return descriptors
 
+    def analyze_in_context(self, image: np.ndarray) -> tuple[list[Face], np.ndarray]:
+        """Detect and embed; faces are in the coordinates of the returned (maybe bordered) image."""
+        faces, source, _ = self.detect(image)
+        self.embed(source, faces)
+        return faces, source
+
     def analyze(self, image: ImageInput) -> list[Face]:
-        """Detect every face (largest first) and compute its descriptor."""
+        """Detect every face (largest first) and compute its descriptor.
+
+        Boxes, landmarks and chip transforms are in the pixel coordinates of `image`.
+        """
         img = self.load(image)
-        faces = self.detect(img)
-        self.embed(img, faces)
+        faces, source, pad = self.detect(img)
+        self.embed(source, faces)
+        if pad:
+            shift = np.array([[0, 0, pad], [0, 0, pad]], dtype=np.float64)
+            for f in faces:
+                f.box = f.box - pad
+                f.landmarks = f.landmarks - pad
+                if f.chip_transform is not None:
+                    f.chip_transform = f.chip_transform - shift
         return faces
 
     # -- gallery --------------------------------------------------------------------------
@@ -165,27 +198,27 @@ class Recognizer:
                 vectors.append(self.embedder.embed_image(m, [face.chip_transform])[0])
         return np.stack(vectors)
 
-    def enroll_face(self, image: np.ndarray) -> Face:
-        """The single face of an enrollment photo (several faces is an error: whose is it?)."""
-        faces = self.analyze(image)
+    def enroll_face(self, image: np.ndarray) -> tuple[Face, np.ndarray]:
+        """The single face of an enrollment photo (several faces is an error: whose is it?),
+        with the image it is located in (see `analyze_in_context`)."""
+        faces, source = self.analyze_in_context(image)
         if not faces:
             raise NoFaceError("no face found")
         if len(faces) > 1 and faces[1].size > 0.25 * faces[0].size:
             raise NoFaceError(f"{len(faces)} faces found; enroll from a photo of one person")
-        return faces[0]
+        return faces[0], source
 
     def enroll(self, name: str, images: Iterable[ImageInput]) -> int:
         """Add a person from one or more photos; returns the number of photos enrolled."""
         items = []
         for image in images:
-            img = self.load(image)
             try:
-                face = self.enroll_face(img)
+                face, context = self.enroll_face(self.load(image))
             except NoFaceError as e:
                 raise NoFaceError(f"{_label(image)}: {e}") from None
             source = _source(image)
             seed = int(source["sha256"][:8], 16)
-            items.append((self._enrollment_vectors(img, face, seed), source))
+            items.append((self._enrollment_vectors(context, face, seed), source))
         gallery = self.gallery(create=True)
         with gallery.batch() as batch:
             for vectors, source in items:
@@ -245,8 +278,7 @@ class Recognizer:
                     report.skipped_known += 1
                     continue
                 try:
-                    img = self.load(path)
-                    faces = self.analyze(img)
+                    faces, context = self.analyze_in_context(self.load(path))
                 except MaskidError:
                     report.unreadable.append(str(path))
                     continue
@@ -255,7 +287,7 @@ class Recognizer:
                     continue
                 # Dataset photos often show bystanders: the largest face is the subject.
                 seed = int(source["sha256"][:8], 16)
-                vectors = self._enrollment_vectors(img, faces[0], seed)
+                vectors = self._enrollment_vectors(context, faces[0], seed)
                 batch.add(name, vectors, [source] * len(vectors))
                 report.added += 1
         report.identities = len(gallery.identities())
