@@ -233,6 +233,30 @@ class Detector:
         faces.sort(key=lambda f: f.size, reverse=True)
         return faces
 
+    def score_boxes(self, image_rgb: np.ndarray, boxes: np.ndarray) -> list[Face]:
+        """Run only ONet on given candidate boxes (N, 4): for tight face crops, where the whole
+        image is the face and PNet/RNet, which need context, tend to reject masked faces.
+
+        Returns the candidates ONet scores at least `score_threshold`, largest first.
+        """
+        image = _check_image(image_rgb)
+        cand = np.hstack([np.asarray(boxes, np.float64).reshape(-1, 4), np.ones((len(boxes), 1))])
+        pyr = _Pyramid(image)
+        pyr.add_halvings(1.0)
+        with self._lock:
+            x = pyr.crops(_square(cand), 48)
+            reg, lm, prob = self._onet.run(None, {"image": x})
+        faces = []
+        for b, r, p, score in zip(_square(cand), reg, lm, prob, strict=True):
+            if score < self.score_threshold:
+                continue
+            w, h = b[2] - b[0], b[3] - b[1]
+            points = np.stack([b[0] + p[0:5] * w, b[1] + p[5:10] * h], axis=1)
+            box = _regress(b[None, :4], r[None])[0]
+            faces.append(Face(box=box, score=float(score), landmarks=points))
+        faces.sort(key=lambda f: f.size, reverse=True)
+        return faces
+
     # -- stages ------------------------------------------------------------------------------
     def _scales(self, h: int, w: int, min_face: float) -> list[float]:
         """PNet pyramid scales (relative to the input image): the first maps min_face to 12 px."""

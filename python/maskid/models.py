@@ -20,7 +20,7 @@ DEFAULT_MODEL = DLIB_MODEL
 # Operating settings for models whose ONNX does not carry them (cosine threshold at FAR 1e-3 on
 # the M2FRED dev set, masked copies to enroll); "*" applies to unknown .onnx files.
 MODEL_SETTINGS: dict[str, dict[str, float | int]] = {
-    DLIB_MODEL: {"threshold": 0.80, "enroll_mask_copies": 3},
+    DLIB_MODEL: {"threshold": 0.968, "enroll_mask_copies": 3},
     "*": {"threshold": 0.80, "enroll_mask_copies": 0},
 }
 DLIB_DAT = "dlib_face_recognition_resnet_model_v1.dat"

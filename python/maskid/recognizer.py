@@ -128,7 +128,14 @@ class Recognizer:
                 return faces, image, 0
         pad = max(h, w) // 2
         padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        return self.detector.detect(padded), padded, pad
+        faces = self.detector.detect(padded)
+        if not faces and max(h, w) <= SMALL_IMAGE:
+            # A tight crop is itself the face box: let ONet score it directly (it recovers most
+            # masked crops the cascade's early stages reject), at the crop's size and a bit less.
+            cx, cy = pad + w / 2, pad + h / 2
+            boxes = [[cx - s, cy - s, cx + s, cy + s] for s in (max(h, w) / 2, 0.45 * max(h, w))]
+            faces = self.detector.score_boxes(padded, np.array(boxes))[:1]
+        return faces, padded, pad
 
     def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         """Align and embed `faces` of `image` in one batch; writes `chip_transform`/`descriptor`."""
