@@ -104,7 +104,7 @@ def test_recognize_json_contract(gallery: Path, lfw10: Path, tmp_path: Path) -> 
     assert set(face) == {"box", "landmarks", "identity", "score", "matches"}
     assert len(face["box"]) == 4 and len(face["landmarks"]) == 5
     assert face["identity"] == "Hugo_Chavez"
-    assert [m["identity"] for m in face["matches"]][0] == "Hugo_Chavez"
+    assert face["matches"][0]["identity"] == "Hugo_Chavez"
     assert len(face["matches"]) == 3
     scores = [m["score"] for m in face["matches"]]
     assert scores == sorted(scores, reverse=True) and face["score"] == scores[0]

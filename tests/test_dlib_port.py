@@ -195,7 +195,7 @@ def test_embedder_rejects_bad_onnx(tmp_path: Path, embedder: Embedder) -> None:
     onnx.save(
         onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(wrong)
     )
-    with pytest.raises(ModelError, match="input must be float32 NCHW|expected input"):
+    with pytest.raises(ModelError, match=r"input must be float32 NCHW|expected input"):
         Embedder(wrong)
     with pytest.raises(ModelError, match="does not exist"):
         Embedder(tmp_path / "missing.onnx")

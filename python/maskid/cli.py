@@ -8,11 +8,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from maskid.errors import MaskidError
+
+if TYPE_CHECKING:
+    from maskid.recognizer import Recognizer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,7 +70,7 @@ def main() -> None:
     """Face identification that still works when people wear face masks."""
 
 
-def _recognizer(gallery_dir: Path | None, model: str | None, **kw: Any):  # type: ignore[no-untyped-def]
+def _recognizer(gallery_dir: Path | None, model: str | None, **kw: Any) -> Recognizer:
     from maskid.recognizer import Recognizer
 
     return Recognizer(gallery_dir, model=model, **kw)
@@ -112,20 +115,17 @@ def embed(image: Path, aligned: bool, model: str | None, as_json: bool) -> None:
 
             raise NoFaceError(f"{image}: no face found")
         faces = [{"box": f.box, "descriptor": f.descriptor} for f in found]
-    doc = {
-        "model": embedder.name,
-        "faces": [
-            {
-                "box": [round(float(v), 2) for v in f["box"]],
-                "descriptor": [float(v) for v in np.asarray(f["descriptor"])],
-            }
-            for f in faces
-        ],
-    }
+    rows = [
+        {
+            "box": [round(float(v), 2) for v in f["box"]],
+            "descriptor": [float(v) for v in np.asarray(f["descriptor"])],
+        }
+        for f in faces
+    ]
     if as_json:
-        click.echo(json.dumps(doc))
+        click.echo(json.dumps({"model": embedder.name, "faces": rows}))
     else:
-        for i, f in enumerate(doc["faces"]):
+        for i, f in enumerate(rows):
             click.echo(f"face {i} box={f['box']}")
             click.echo(" ".join(f"{v:.6f}" for v in f["descriptor"]))
 
@@ -155,7 +155,9 @@ def build(dataset: Path, gallery_dir: Path | None, model: str | None) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @gallery_option
 @model_option
-def enroll(name: str, images: tuple[Path, ...], gallery_dir: Path | None, model: str | None) -> None:
+def enroll(
+    name: str, images: tuple[Path, ...], gallery_dir: Path | None, model: str | None
+) -> None:
     """Add person NAME from one or more unmasked photos (no retraining)."""
     rec = _recognizer(gallery_dir, model)
     n = rec.enroll(name, images)
@@ -260,7 +262,7 @@ def _recognize(
     else:
         for i, f in enumerate(faces):
             name = f.identity or "unknown"
-            x1, y1, x2, y2 = (int(round(v)) for v in f.box)
+            x1, y1, x2, y2 = (round(float(v)) for v in f.box)
             others = ", ".join(f"{m.identity} {m.score:.3f}" for m in f.matches[1:])
             click.echo(
                 f"face {i} [{x1},{y1},{x2},{y2}]: {name}  "

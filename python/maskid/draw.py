@@ -36,14 +36,22 @@ def annotate(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
         x1, y1, x2, y2 = (round(float(v)) for v in f.box)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
         for x, y in f.landmarks:
-            cv2.circle(out, (round(float(x)), round(float(y))), thick + 1, LANDMARK, -1, cv2.LINE_AA)
+            cv2.circle(
+                out, (round(float(x)), round(float(y))), thick + 1, LANDMARK, -1, cv2.LINE_AA
+            )
         score = f"{f.match_score:.3f}" if f.match_score is not None else "-"
         label = f"{f.identity or 'unknown'} cos={score}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
         ty = y1 - 4 if y1 - th - base - 4 > 0 else y2 + th + 4
         cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)
         cv2.putText(
-            out, label, (x1 + 2, ty), cv2.FONT_HERSHEY_SIMPLEX, font, (255, 255, 255), thick,
+            out,
+            label,
+            (x1 + 2, ty),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font,
+            (255, 255, 255),
+            thick,
             cv2.LINE_AA,
         )
     return out

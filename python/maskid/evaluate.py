@@ -129,7 +129,7 @@ def write_plots(result: EvalResult, out_dir: Path) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    bins = np.linspace(-0.2, 1.0, 61)
+    bins = np.linspace(-0.2, 1.0, 61).tolist()
     g = result.genuine[np.isfinite(result.genuine)]
     ax.hist(result.impostor, bins=bins, density=True, alpha=0.6, label="impostor")
     ax.hist(g, bins=bins, density=True, alpha=0.6, label="genuine")

@@ -10,12 +10,18 @@ import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from maskid.errors import ImageError, MaskidError, NoFaceError
 from maskid.face import Face, Match
+
+if TYPE_CHECKING:  # the stages import onnxruntime/hnswlib: load them only when used
+    from maskid.detect import Detector
+    from maskid.embedder import Embedder
+    from maskid.gallery import Gallery
 
 ImageInput = str | Path | np.ndarray
 
@@ -69,13 +75,13 @@ class Recognizer:
         self.model_name = model or models.DEFAULT_MODEL
         self._threshold = threshold
         self._mask_copies = mask_copies
-        self._detector = None
-        self._embedder = None
-        self._gallery = None
+        self._detector: Detector | None = None
+        self._embedder: Embedder | None = None
+        self._gallery: Gallery | None = None
 
     # -- stages ---------------------------------------------------------------------------
     @property
-    def detector(self):  # type: ignore[no-untyped-def]
+    def detector(self) -> Detector:
         if self._detector is None:
             from maskid.detect import Detector
 
@@ -83,7 +89,7 @@ class Recognizer:
         return self._detector
 
     @property
-    def embedder(self):  # type: ignore[no-untyped-def]
+    def embedder(self) -> Embedder:
         if self._embedder is None:
             from maskid.embedder import Embedder
 
@@ -123,7 +129,7 @@ class Recognizer:
         """
         h, w = image.shape[:2]
         if min(h, w) > SMALL_IMAGE:
-            faces: list[Face] = self.detector.detect(image)
+            faces = self.detector.detect(image)
             if faces:
                 return faces, image, 0
         pad = max(h, w) // 2
@@ -174,7 +180,7 @@ class Recognizer:
         return faces
 
     # -- gallery --------------------------------------------------------------------------
-    def gallery(self, create: bool = False):  # type: ignore[no-untyped-def]
+    def gallery(self, create: bool = False) -> Gallery:
         from maskid.gallery import Gallery
 
         if self._gallery is None or (create and not self._gallery_exists()):
@@ -193,8 +199,10 @@ class Recognizer:
 
     def _enrollment_vectors(self, image: np.ndarray, face: Face, seed: int) -> np.ndarray:
         """The face's descriptor plus those of synthetically masked copies of it."""
-        assert face.descriptor is not None
+        if face.descriptor is None or face.chip_transform is None:
+            raise ValueError("embed the face before enrolling it")
         vectors = [face.descriptor]
+        transform = face.chip_transform
         if self.mask_copies > 0:
             from maskid.masks import apply_mask
 
@@ -202,7 +210,7 @@ class Recognizer:
             rng = np.random.default_rng(seed)
             for _ in range(self.mask_copies):
                 m = apply_mask(image, face.landmarks, rng=rng)
-                vectors.append(self.embedder.embed_image(m, [face.chip_transform])[0])
+                vectors.append(self.embedder.embed_image(m, [transform])[0])
         return np.stack(vectors)
 
     def enroll_face(self, image: np.ndarray) -> tuple[Face, np.ndarray]:
