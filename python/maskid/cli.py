@@ -359,6 +359,44 @@ def demo(out_dir: Path | None, model: str | None) -> None:
 
 
 @main.command()
+@click.option(
+    "--source",
+    required=True,
+    help="csi://0, v4l2:///dev/video0, rtsp://..., a video file, a folder of images or one image.",
+)
+@gallery_option
+@model_option
+@click.option("--threshold", type=float, default=None, help="As for `recognize`.")
+@click.option("--every", default=1, show_default=True, help="Analyse every N-th frame.")
+@click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document per analysed frame.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the annotated frames as a video (.mp4/.avi).",
+)
+def watch(
+    source: str,
+    gallery_dir: Path | None,
+    model: str | None,
+    threshold: float | None,
+    every: int,
+    max_frames: int | None,
+    as_json: bool,
+    out: Path | None,
+) -> None:
+    """The camera loop: recognize the faces in every frame of a camera, stream or video."""
+    from maskid.watch import run_watch
+
+    rec = _recognizer(gallery_dir, model, threshold=threshold)
+    summary = run_watch(
+        rec, source, every=every, max_frames=max_frames, out=out, as_json=as_json, echo=click.echo
+    )
+    click.echo(summary, err=True)
+
+
+@main.command()
 def backends() -> None:
     """What this installation can run on (C++ core, CUDA, TensorRT, ONNX Runtime providers)."""
     from maskid.preprocess import backends as probe
