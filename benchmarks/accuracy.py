@@ -83,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             m2fred, m2fred, recognizer=rec, enroll_pattern="*-0-0.png", probe_pattern="*-1-0.png"
         ).report
         control = evaluate_folders(
-            m2fred, m2fred, recognizer=Recognizer(None, model=model, mask_copies=0),
-            enroll_pattern="1-0-0.png", probe_pattern="[234]-0-0.png",
+            m2fred,
+            m2fred,
+            recognizer=Recognizer(None, model=model, mask_copies=0),
+            enroll_pattern="1-0-0.png",
+            probe_pattern="[234]-0-0.png",
         ).report
         probes = synthetic_masked_probes(lfw, tmp / "lfw10-masked", rec, 3 if args.quick else 9)
         lfw_rep = evaluate_folders(

@@ -68,5 +68,7 @@ def test_report_open_set_and_no_face_accounting() -> None:
     assert rep.n_genuine == 3
     # impostor pairs: 2 from probe 0, 2 from probe 1, 3 from the impostor probe.
     assert rep.n_impostor == 7
-    far, frr = rates(np.array([0.9, 0.3, -np.inf]), np.array([0.2, 0.1, 0.7, 0.2, 0.5, 0.1, 0.0]), 0.6)
+    far, frr = rates(
+        np.array([0.9, 0.3, -np.inf]), np.array([0.2, 0.1, 0.7, 0.2, 0.5, 0.1, 0.0]), 0.6
+    )
     assert (rep.far_at_threshold, rep.frr_at_threshold) == (far, frr) == (1 / 7, 2 / 3)

@@ -38,7 +38,9 @@ def run_demo(
 
         shutil.rmtree(gallery_dir)
     rec = Recognizer(gallery_dir, model=model)
-    echo(f"model: {rec.embedder.name}  (scores are cosine similarity, threshold {rec.threshold:.3f})")
+    echo(
+        f"model: {rec.embedder.name}  (scores are cosine similarity, threshold {rec.threshold:.3f})"
+    )
 
     report = rec.build(DEMO_DATA / "celebrities")
     echo(
