@@ -1,8 +1,11 @@
 """Model registry: names -> ONNX files.
 
-Two kinds: models converted on first use from a source file (dlib's .dat from the installed
-face_recognition_models package, cached under `cache_dir()/models/`), and ONNX files
-shipped in `maskid/data/models/` (the name is the file stem).
+Two kinds: models built on first use and cached under `cache_dir()/models/` (no network):
+`dlib-resnet-v1`, converted from dlib's .dat in the installed face_recognition_models
+package, and `maskid-eyes-v1`, the eye-region-weighted embedder (dlib's network on the full
+chip + a fine-tuned periocular branch whose weights ship in `maskid/data/models/` as fp16,
+i.e. only what differs from dlib's file); and ONNX files shipped in `maskid/data/models/`
+(the name is the file stem).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from maskid.errors import ModelError
 from maskid.paths import PACKAGE_DATA, cache_dir
 
 DLIB_MODEL = "dlib-resnet-v1"
-DEFAULT_MODEL = DLIB_MODEL
+EYES_MODEL = "maskid-eyes-v1"
+DEFAULT_MODEL = EYES_MODEL
 # Operating settings for models whose ONNX does not carry them (cosine threshold at FAR 1e-3 on
 # the M2FRED dev set, masked copies to enroll); "*" applies to unknown .onnx files.
 MODEL_SETTINGS: dict[str, dict[str, float | int]] = {
     DLIB_MODEL: {"threshold": 0.968, "enroll_mask_copies": 3},
+    EYES_MODEL: {"threshold": 0.965, "enroll_mask_copies": 3},
     "*": {"threshold": 0.80, "enroll_mask_copies": 0},
 }
 DLIB_DAT = "dlib_face_recognition_resnet_model_v1.dat"
@@ -50,8 +55,8 @@ def _bundled() -> dict[str, Path]:
 
 
 def available_models() -> list[str]:
-    """Names accepted by `model_path`: the converted dlib model and any bundled ONNX."""
-    return [DLIB_MODEL, *(n for n in _bundled() if n != DLIB_MODEL)]
+    """Names accepted by `model_path`: the built models and any bundled ONNX."""
+    return [EYES_MODEL, DLIB_MODEL, *(n for n in _bundled() if n not in (DLIB_MODEL, EYES_MODEL))]
 
 
 def sha256_file(path: Path) -> str:
@@ -91,13 +96,51 @@ def _converted_dlib(dat: Path) -> Path:
     return out
 
 
-def model_path(name: str = DLIB_MODEL) -> Path:
+# The periocular branch of maskid-eyes-v1: the top EYE_ROWS rows of the chip, weighted EYE_WEIGHT.
+EYE_ROWS = 90
+EYE_WEIGHT = 1.0
+EYE_WEIGHTS = BUNDLED_DIR / f"{EYES_MODEL}.eye.npz"
+
+
+def _converted_eyes(dat: Path) -> Path:
+    """dlib's net on the whole chip + the periocular branch (fine-tuned weights if shipped)."""
+    import numpy as np
+
+    from maskid.dlibnet.onnx_build import build_fused_onnx
+    from maskid.dlibnet.reader import read_dlib_net, with_weights
+
+    key = sha256_file(dat)[:12]
+    if EYE_WEIGHTS.is_file():
+        key += "-" + sha256_file(EYE_WEIGHTS)[:12]
+    out = cache_dir() / "models" / f"{EYES_MODEL}-c{CONVERTER_VERSION}-{key}.onnx"
+    if out.is_file():
+        return out
+    full = read_dlib_net(dat)
+    eye = full
+    if EYE_WEIGHTS.is_file():
+        try:
+            with np.load(EYE_WEIGHTS) as z:
+                arrays = [z[f"p{i:03d}"] for i in range(len(z.files))]
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelError(f"{EYE_WEIGHTS.name} is corrupt ({e}): reinstall maskid") from None
+        eye = with_weights(full, arrays)
+    model = build_fused_onnx(
+        full, eye, EYES_MODEL, f"{CONVERTER_VERSION}+{key}", EYE_ROWS, EYE_WEIGHT
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, model.SerializeToString())
+    return out
+
+
+def model_path(name: str = DEFAULT_MODEL) -> Path:
     """The ONNX file for `name`, converting (once, then cached) where needed.
 
     Raises ModelError for an unknown name or a missing/corrupt source file.
     """
     if name == DLIB_MODEL:
         return _converted_dlib(dlib_dat_path())
+    if name == EYES_MODEL:
+        return _converted_eyes(dlib_dat_path())
     bundled = _bundled()
     if name in bundled:
         return bundled[name]

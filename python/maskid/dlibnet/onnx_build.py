@@ -76,16 +76,14 @@ def _pool(g: _Graph, x: str, p: Pool, shape: Shape) -> tuple[str, Shape]:
     return y, (c, oh, ow)
 
 
-def build_onnx(net: DlibNet, model_name: str, version: str) -> onnx.ModelProto:
-    """Translate `net` (bottom-up records with tag/skip/add structure) into an ONNX model."""
-    g = _Graph()
+def _branch(g: _Graph, net: DlibNet, x: str) -> str:
+    """Append `net` (bottom-up records with tag/skip/add structure) reading RGB 0..255 from x."""
     rows, cols = net.input_size
     means = np.array(net.input_means, dtype=np.float32).reshape(1, 3, 1, 1)
-    x = g.op("Sub", ["input", g.const("mean", means)])
+    x = g.op("Sub", [x, g.const("mean", means)])
     x = g.op("Mul", [x, g.const("scale", np.array(INPUT_SCALE, dtype=np.float32))])
     shape: Shape = (3, rows, cols)
     tags: dict[int, tuple[str, Shape]] = {}
-
     for layer in net.layers:
         if isinstance(layer, Conv):
             o, _i, kh, kw = layer.weight.shape
@@ -120,9 +118,21 @@ def build_onnx(net: DlibNet, model_name: str, version: str) -> onnx.ModelProto:
             shape = (layer.weight.shape[0], 1, 1)
         else:  # pragma: no cover - the reader only yields the types above
             raise ModelError(f"unsupported layer {type(layer).__name__}")
-    g.nodes.append(helper.make_node("Identity", [x], ["descriptor"], name="descriptor"))
+    return x
 
-    dim = net.output_dim
+
+def build_onnx(net: DlibNet, model_name: str, version: str) -> onnx.ModelProto:
+    """Translate `net` into an ONNX model: "input" N x 3 x H x W -> "descriptor" N x dim."""
+    g = _Graph()
+    x = _branch(g, net, "input")
+    g.nodes.append(helper.make_node("Identity", [x], ["descriptor"], name="descriptor"))
+    return _finish(g, net, model_name, version, net.output_dim, {})
+
+
+def _finish(
+    g: _Graph, net: DlibNet, model_name: str, version: str, dim: int, extra: dict[str, str]
+) -> onnx.ModelProto:
+    rows, cols = net.input_size
     graph = helper.make_graph(
         g.nodes,
         model_name,
@@ -147,7 +157,59 @@ def build_onnx(net: DlibNet, model_name: str, version: str) -> onnx.ModelProto:
             "descriptor_dim": str(dim),
             "normalized": "false",
             "source": "dlib_face_recognition_resnet_model_v1.dat",
+            **extra,
         },
     )
     onnx.checker.check_model(model)
     return model
+
+
+def _l2_normalize(g: _Graph, x: str) -> str:
+    norm = g.op("ReduceL2", [x], axes=[1], keepdims=1)
+    eps = g.const("eps", np.array(1e-12, dtype=np.float32))
+    return g.op("Div", [x, g.op("Max", [norm, eps])])
+
+
+def build_fused_onnx(
+    full: DlibNet,
+    eye: DlibNet,
+    model_name: str,
+    version: str,
+    eye_rows: int,
+    eye_weight: float,
+) -> onnx.ModelProto:
+    """The eye-region-weighted embedder: [l2(full(chip)), eye_weight * l2(eye(upper chip))].
+
+    The periocular view is the chip's top `eye_rows` rows (eyes and brows, above a mask's top
+    edge) stretched back to the chip size, bilinear with half-pixel centres (as
+    torch.nn.functional.interpolate(align_corners=False) and cv2.resize). Cosine similarity of
+    two such descriptors is a weighted mean of the full-face and periocular cosines, so the
+    gallery needs nothing new.
+    """
+    rows, cols = full.input_size
+    if eye.input_size != full.input_size or not 0 < eye_rows <= rows:
+        raise ModelError("the periocular branch must take the same chip size")
+    g = _Graph()
+    a = _l2_normalize(g, _branch(g, full, "input"))
+
+    def i64(name: str, *v: int) -> str:
+        return g.const(name, np.array(v, np.int64))
+
+    crop = g.op("Slice", ["input", i64("starts", 0), i64("ends", eye_rows), i64("axes", 2)])
+    # Resize takes absolute sizes, batch included: read the batch size off the input's shape.
+    batch = g.op("Slice", [g.op("Shape", ["input"]), i64("s0", 0), i64("s1", 1)])
+    sizes = g.op("Concat", [batch, i64("chw", 3, rows, cols)], axis=0)
+    up = g.op(
+        "Resize", [crop, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel"
+    )
+    b = _l2_normalize(g, _branch(g, eye, up))
+    b = g.op("Mul", [b, g.const("eye_weight", np.array(eye_weight, dtype=np.float32))])
+    x = g.op("Concat", [a, b], axis=1)
+    g.nodes.append(helper.make_node("Identity", [x], ["descriptor"], name="descriptor"))
+    extra = {
+        "eye_rows": str(eye_rows),
+        "eye_weight": json.dumps(eye_weight),
+        "normalized": "true",
+        "architecture": "dlib ResNet full face + dlib ResNet periocular, concatenated",
+    }
+    return _finish(g, full, model_name, version, 2 * full.output_dim, extra)

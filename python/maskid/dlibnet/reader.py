@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -353,3 +353,35 @@ def read_dlib_net(path: str | Path, definition: list[str] | None = None) -> Dlib
     if s.pos != len(data):
         raise ModelError(f"{s.name}: {len(data) - s.pos} unexpected bytes after the network")
     return DlibNet(loss, loss_params, means, size, layers)
+
+
+# --- weights in and out (for fine-tuned copies of the network) ---------------------------
+def weight_arrays(net: DlibNet) -> list[np.ndarray]:
+    """Every parameter tensor, bottom-up: conv weight, bias; affine gamma, beta; fc weight."""
+    out: list[np.ndarray] = []
+    for layer in net.layers:
+        if isinstance(layer, Conv):
+            out += [layer.weight, layer.bias]
+        elif isinstance(layer, Affine):
+            out += [layer.gamma, layer.beta]
+        elif isinstance(layer, Fc):
+            out += [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
+    return out
+
+
+def with_weights(net: DlibNet, arrays: list[np.ndarray]) -> DlibNet:
+    """A copy of `net` whose parameters are `arrays` (order and shapes of `weight_arrays`)."""
+    old = weight_arrays(net)
+    if len(arrays) != len(old) or any(a.shape != b.shape for a, b in zip(arrays, old, strict=True)):
+        raise ModelError("weights do not fit the dlib face ResNet layout")
+    it = iter(np.asarray(a, dtype=np.float32) for a in arrays)
+    layers: list[Layer] = []
+    for layer in net.layers:
+        if isinstance(layer, Conv):
+            layer = replace(layer, weight=next(it), bias=next(it))
+        elif isinstance(layer, Affine):
+            layer = replace(layer, gamma=next(it), beta=next(it))
+        elif isinstance(layer, Fc):
+            layer = replace(layer, weight=next(it), bias=None if layer.bias is None else next(it))
+        layers.append(layer)
+    return replace(net, layers=layers)

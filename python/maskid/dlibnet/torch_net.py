@@ -170,3 +170,22 @@ def load_pretrained(dat_path: str | Path | None = None) -> DlibResNet:
 
         dat_path = dlib_dat_path()
     return DlibResNet(read_dlib_net(dat_path)).eval()
+
+
+def weight_arrays_of(model: DlibResNet) -> list[np.ndarray]:
+    """The module's parameters in `reader.weight_arrays` order (to write a trained copy back)."""
+    mods: list[nn.Module] = [model.stem[0], model.stem[1]]
+    for block in model.blocks:
+        assert isinstance(block, ResBlock)
+        mods += [block.conv1, block.aff1, block.conv2, block.aff2]
+    out: list[np.ndarray] = []
+    for m in mods:
+        if isinstance(m, nn.Conv2d):
+            assert m.bias is not None
+            out += [m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()]
+        elif isinstance(m, AffineChannel):
+            out += [m.gamma.detach().numpy().ravel().copy(), m.beta.detach().numpy().ravel().copy()]
+    out.append(model.fc.weight.detach().numpy().copy())
+    if model.fc.bias is not None:
+        out.append(model.fc.bias.detach().numpy().copy())
+    return out
