@@ -47,13 +47,19 @@ def synthetic_masked_probes(lfw: Path, out: Path, rec: Recognizer, per_person: i
     return out
 
 
+def _tar(row: dict[str, object]) -> float:
+    masked = row["m2fred_masked"]
+    assert isinstance(masked, dict)
+    return float(masked["tar_at_far_1e-3"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--quick", action="store_true", help="lfw10 with 3 probes each; m2fred only")
     ap.add_argument("--baseline", default="dlib-resnet-v1", help="row (a) model")
     ap.add_argument("--finetuned", default=None, help="row (c) model: name or .onnx path")
-    ap.add_argument("--eyes", default=None, help="row (d) model: name or .onnx path")
+    ap.add_argument("--eyes", default="maskid-eyes-v1", help="row (d) model: name or .onnx path")
     ap.add_argument("--mask-copies", type=int, default=3, help="masked copies for rows (b), (e)")
     args = ap.parse_args(argv)
 
@@ -105,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
 
     for label, model, copies in rows:
         run(label, model, copies)
+    models = {label: model for label, model, _ in rows}
     tuned = [k for k in ("c", "d") if k in results]
     if tuned:
-        best = max(tuned, key=lambda k: results[k]["m2fred_masked"]["tar_at_far_1e-3"])  # type: ignore[index]
-        run("e", str(dict((r[0], r[1]) for r in rows)[best]), args.mask_copies)
+        best = max(tuned, key=lambda k: _tar(results[k]))
+        run("e", models[best], args.mask_copies)
 
     header = (
         f"{'row':<4}{'model':<22}{'copies':>6} | {'M2FRED masked r1':>16} {'TAR@1e-3':>9} "

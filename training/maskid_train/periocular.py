@@ -96,10 +96,25 @@ def teacher_eye(chips: np.ndarray, out: Path, batch: int = 128) -> np.ndarray:
     return res
 
 
+def export_eye_weights(checkpoint: Path, out: Path) -> Path:
+    """Write the trained branch's parameters as fp16 arrays (what differs from dlib's file);
+    `maskid.models` builds the fused ONNX from them and dlib's .dat on first use."""
+    from maskid.dlibnet.torch_net import weight_arrays_of
+
+    eye = load_pretrained()
+    eye.load_state_dict(torch.load(checkpoint, map_location="cpu")["eye"])
+    arrays = {f"p{i:03d}": a.astype(np.float16) for i, a in enumerate(weight_arrays_of(eye))}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", type=Path, required=True, help="chip cache (see maskid_train.train)")
-    ap.add_argument("--dev", type=Path, required=True, help="m2fred folder")
+    ap.add_argument("--cache", type=Path, help="chip cache (see maskid_train.train)")
+    ap.add_argument("--dev", type=Path, help="m2fred folder")
     ap.add_argument("--lfw", type=Path, default=None, help="lfw10 folder (dev check)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=3)
@@ -110,7 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=0, help="steps per epoch (0: one pass)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        help="only write OUT/best.pt's branch as fp16 .npz here (python/maskid/data/models/"
+        "maskid-eyes-v1.eye.npz ships it)",
+    )
     args = ap.parse_args(argv)
+    if args.export is not None:
+        print(export_eye_weights(args.out / "best.pt", args.export))
+        return 0
+    if args.cache is None or args.dev is None:
+        ap.error("--cache and --dev are needed to train")
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
