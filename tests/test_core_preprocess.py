@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -219,3 +221,25 @@ def test_real_face_chip(lfw10) -> None:
     want = reference_warp(bgr, m[None], bgr=True)
     assert np.abs(got - want).max() <= 1e-5
     assert 30 < got.mean() < 220
+
+
+def test_descriptors_through_the_core_equal_the_reference_chips(lfw10: Path) -> None:
+    """The recognition path (C++ warp straight into the batch) gives the descriptors of the
+    exact NumPy/dlib chip, for a normal face and for an upscaled one (dlib's pyramid path)."""
+    import cv2
+
+    from maskid.chip import extract_chip
+    from maskid.embedder import Embedder
+    from maskid.recognizer import Recognizer
+
+    emb = Embedder("dlib-resnet-v1")
+    rec = Recognizer(None, model="dlib-resnet-v1")
+    rec._embedder = emb
+    img = rec.load(lfw10 / "Colin_Powell" / "Colin_Powell_0002.jpg")
+    for image in (img, cv2.resize(img, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)):
+        faces, source = rec.analyze_in_context(image)
+        m = faces[0].chip_transform
+        assert m is not None
+        via_core = emb.embed_image(source, [m])
+        reference = emb.embed_chips(extract_chip(source, m)[None])
+        assert np.abs(via_core - reference).max() <= 1e-5
