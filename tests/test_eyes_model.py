@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from maskid.embedder import Embedder
-from maskid.models import EYE_ROWS, EYES_MODEL, EYE_WEIGHTS, model_path
+from maskid.models import EYE_ROWS, EYE_WEIGHTS, EYES_MODEL, model_path
 from maskid.recognizer import Recognizer
 
 
