@@ -378,5 +378,5 @@ def test_gallery_from_another_embedder_says_how_to_rebuild(gallery: Path, lfw10:
 
 def test_demo_runs_offline_and_recognizes_the_newcomer(tmp_path: Path) -> None:
     result = run("demo", "--out", str(tmp_path))
-    assert "recognized: Tony_Blair" in result.stdout
+    assert "recognized the masked photo: nearest Tony_Blair" in result.stdout
     assert (tmp_path / "demo_result.jpg").is_file()

@@ -40,7 +40,12 @@ def annotate(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
                 out, (round(float(x)), round(float(y))), thick + 1, LANDMARK, -1, cv2.LINE_AA
             )
         score = f"{f.match_score:.3f}" if f.match_score is not None else "-"
-        label = f"{f.identity or 'unknown'} cos={score}"
+        if f.identity:
+            label = f"{f.identity} cos={score}"
+        elif f.matches:  # below the threshold: say who came closest, marked as a guess
+            label = f"unknown (nearest {f.matches[0].identity}? cos={score})"
+        else:
+            label = "unknown"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
         ty = y1 - 4 if y1 - th - base - 4 > 0 else y2 + th + 4
         cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)
