@@ -169,7 +169,7 @@ def test_model_path_is_cached(private_cache: Path) -> None:
     first = model_path("dlib-resnet-v1")
     assert first.parent == private_cache / "models" and first.suffix == ".onnx"
     stamp = first.stat().st_mtime_ns
-    assert model_path() == first and first.stat().st_mtime_ns == stamp
+    assert model_path("dlib-resnet-v1") == first and first.stat().st_mtime_ns == stamp
     assert not list(first.parent.glob("*.tmp"))
     assert "dlib-resnet-v1" in available_models()
 
