@@ -22,7 +22,6 @@ from maskid_train.losses import CosFace, class_centres, cosine_pull  # noqa: E40
 from maskid_train.net import Student, build_student  # noqa: E402
 
 
-
 @pytest.fixture(scope="module")
 def real_chips(lfw10: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chips (6,150,150,3), chip-frame landmarks and labels: 2 photos each of 3 LFW people."""
