@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetuned", default=None, help="row (c) model: name or .onnx path")
     ap.add_argument("--eyes", default="maskid-eyes-v1", help="row (d) model: name or .onnx path")
     ap.add_argument("--mask-copies", type=int, default=3, help="masked copies for rows (b), (e)")
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="LABEL=MODEL",
+        help="another row, e.g. d-gate=path/to/maskid-eyegate-v1.onnx (repeatable)",
+    )
     args = ap.parse_args(argv)
 
     data = shared_data_dir()
@@ -78,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("c", args.finetuned, 0))
     if args.eyes:
         rows.append(("d", args.eyes, 0))
+    for extra in args.extra:
+        label, _, model = extra.partition("=")
+        if not model:
+            ap.error(f"--extra wants LABEL=MODEL, got {extra!r}")
+        rows.append((label, model, 0))
 
     results: dict[str, dict[str, object]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="maskid-accuracy-"))
