@@ -1,7 +1,7 @@
 """Batched embedding throughput through `maskid.engine.Engine` (faces/s vs batch size).
 
 Feeds real face chips (cut from the LFW demo photos with the C++ core) to the dlib ResNet
-embedder converted to ONNX (`maskid.models.model_path("dlib-resnet-v1")`), on ONNX Runtime's
+default embedder (`maskid.models.DEFAULT_MODEL`; `--model dlib-resnet-v1` for the dlib port), on ONNX Runtime's
 CPU provider unless --providers says otherwise, or to any model given with --model
 (.onnx or a TensorRT .engine).
 
@@ -47,19 +47,19 @@ def real_chips(n: int, size: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", help="an .onnx or .engine file (default: dlib-resnet-v1 ONNX)")
+    ap.add_argument(
+        "--model", help="a model name, .onnx or .engine file (default: the default embedder)"
+    )
     ap.add_argument("--providers", help="comma-separated ONNX Runtime providers")
     ap.add_argument("--batches", default="1,4,16,32", help="comma-separated batch sizes")
     ap.add_argument("--quick", action="store_true", help="fewer faces per batch size")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
-    if args.model:
-        path = Path(args.model)
-    else:
-        from maskid.models import model_path
+    from maskid.models import DEFAULT_MODEL, available_models, model_path
 
-        path = model_path("dlib-resnet-v1")
+    name = args.model or DEFAULT_MODEL
+    path = model_path(name) if name in available_models() else Path(name)
     providers = args.providers.split(",") if args.providers else None
     batches = [int(b) for b in args.batches.split(",")]
     total = 32 if args.quick else 128
