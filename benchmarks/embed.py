@@ -1,9 +1,8 @@
 """Batched embedding throughput through `maskid.engine.Engine` (faces/s vs batch size).
 
-Feeds real face chips (cut from the LFW demo photos with the C++ core) to the dlib ResNet
-default embedder (`maskid.models.DEFAULT_MODEL`; `--model dlib-resnet-v1` for the dlib port), on ONNX Runtime's
-CPU provider unless --providers says otherwise, or to any model given with --model
-(.onnx or a TensorRT .engine).
+Feeds real face chips (cut from the LFW demo photos with the C++ core) to the default embedder
+(`maskid.models.DEFAULT_MODEL`; `--model dlib-resnet-v1` for the dlib port, or any .onnx or
+TensorRT .engine file), on ONNX Runtime's CPU provider unless --providers says otherwise.
 
     python benchmarks/embed.py [--quick] [--json PATH] [--batches 1,4,16,32]
 """
