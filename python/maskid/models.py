@@ -25,7 +25,7 @@ DEFAULT_MODEL = EYES_MODEL
 # the M2FRED dev set, masked copies to enroll); "*" applies to unknown .onnx files.
 MODEL_SETTINGS: dict[str, dict[str, float | int]] = {
     DLIB_MODEL: {"threshold": 0.968, "enroll_mask_copies": 3},
-    EYES_MODEL: {"threshold": 0.965, "enroll_mask_copies": 3},
+    EYES_MODEL: {"threshold": 0.963, "enroll_mask_copies": 3},
     "*": {"threshold": 0.80, "enroll_mask_copies": 0},
 }
 DLIB_DAT = "dlib_face_recognition_resnet_model_v1.dat"

@@ -218,12 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         score = row["masked_enroll+masks_tar@1e-3"] + row["masked_tar@1e-3"]
         if epoch > 0 and score > best:
             best = score
-            torch.save(
-                {"eye": eye.state_dict(), "epoch": epoch, "args": vars(args)}, args.out / "best.pt"
-            )
-    torch.save(
-        {"eye": eye.state_dict(), "epoch": args.epochs, "args": vars(args)}, args.out / "last.pt"
-    )
+            torch.save({"eye": eye.state_dict(), "epoch": epoch}, args.out / "best.pt")
+    torch.save({"eye": eye.state_dict(), "epoch": args.epochs}, args.out / "last.pt")
+    (args.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}))
     return 0
 
 
