@@ -26,8 +26,9 @@ import numpy as np
 from maskid.draw import write_image
 from maskid.evaluate import evaluate_folders, identity_images
 from maskid.masks import apply_mask
+from maskid.models import sha256_file
 from maskid.paths import shared_data_dir
-from maskid.recognizer import Recognizer, file_sha256
+from maskid.recognizer import Recognizer
 
 
 def synthetic_masked_probes(lfw: Path, out: Path, rec: Recognizer, per_person: int) -> Path:
@@ -42,7 +43,7 @@ def synthetic_masked_probes(lfw: Path, out: Path, rec: Recognizer, per_person: i
         faces = rec.analyze(img)
         if not faces:
             continue  # written nowhere: counted as missing below
-        rng = np.random.default_rng(int(file_sha256(path)[:8], 16))
+        rng = np.random.default_rng(int(sha256_file(path)[:8], 16))
         write_image(dest, apply_mask(img, faces[0].landmarks, rng=rng))
     return out
 

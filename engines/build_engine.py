@@ -15,7 +15,6 @@ Prints the engine path on stdout; errors are one line on stderr with exit code 6
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import subprocess
@@ -26,18 +25,11 @@ from typing import Any
 import numpy as np
 
 from maskid.errors import ModelError
+from maskid.models import sha256_file
 from maskid.paths import cache_dir
 
 PRECISIONS = ("fp32", "fp16", "int8")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def gpu_name() -> str:

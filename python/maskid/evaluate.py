@@ -16,7 +16,8 @@ import numpy as np
 
 from maskid.errors import ImageError, MaskidError
 from maskid.metrics import IdentificationReport, identification_report, roc_curve
-from maskid.recognizer import IMAGE_SUFFIXES, Recognizer, file_sha256, l2_normalize
+from maskid.models import sha256_file
+from maskid.recognizer import IMAGE_SUFFIXES, Recognizer, l2_normalize
 
 
 @dataclass
@@ -68,7 +69,7 @@ def evaluate_folders(
             face, context = rec.enroll_face(rec.load(path))
         except MaskidError:
             continue  # an enrollment photo without a usable face simply adds nothing
-        seed = int(file_sha256(path)[:8], 16)  # same masks as `maskid enroll` would draw
+        seed = int(sha256_file(path)[:8], 16)  # same masks as `maskid enroll` would draw
         v = rec._enrollment_vectors(context, face, seed)
         vectors.append(v)
         owners.extend([index[name]] * len(v))

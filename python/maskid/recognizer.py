@@ -17,6 +17,7 @@ import numpy as np
 
 from maskid.errors import ImageError, MaskidError, NoFaceError
 from maskid.face import Face, Match
+from maskid.models import sha256_file
 
 if TYPE_CHECKING:  # the stages import onnxruntime/hnswlib: load them only when used
     from maskid.detect import Detector
@@ -29,14 +30,6 @@ ImageInput = str | Path | np.ndarray
 SMALL_IMAGE = 400
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def l2_normalize(v: np.ndarray) -> np.ndarray:
@@ -317,4 +310,4 @@ def _source(image: ImageInput) -> dict[str, str]:
     if isinstance(image, np.ndarray):
         return {"path": "<array>", "sha256": hashlib.sha256(image.tobytes()).hexdigest()}
     path = Path(image)
-    return {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    return {"path": str(path.resolve()), "sha256": sha256_file(path)}
