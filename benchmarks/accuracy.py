@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from maskid.draw import write_image
-from maskid.evaluate import evaluate_folders, identity_images
+from maskid.evaluate import evaluate_folders
 from maskid.masks import apply_mask
 from maskid.models import sha256_file
 from maskid.paths import shared_data_dir
-from maskid.recognizer import Recognizer
+from maskid.recognizer import Recognizer, identity_images
 
 
 def synthetic_masked_probes(lfw: Path, out: Path, rec: Recognizer, per_person: int) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 from maskid.errors import ImageError, MaskidError
 from maskid.metrics import IdentificationReport, identification_report, roc_curve
 from maskid.models import sha256_file
-from maskid.recognizer import IMAGE_SUFFIXES, Recognizer, l2_normalize
+from maskid.recognizer import Recognizer, identity_images, l2_normalize
 
 
 @dataclass
@@ -26,22 +26,6 @@ class EvalResult:
     report: IdentificationReport
     genuine: np.ndarray  # probe-vs-own-identity scores (-inf where no face was found)
     impostor: np.ndarray  # probe-vs-other-identity scores
-
-
-def identity_images(root: Path, pattern: str = "*") -> list[tuple[str, Path]]:
-    """(identity, image path) for every image matching `pattern` in root/<identity>/."""
-    if not root.is_dir():
-        raise ImageError(f"{root}: not a directory of identity folders")
-    items = [
-        (person.name, p)
-        for person in sorted(root.iterdir())
-        if person.is_dir()
-        for p in sorted(person.glob(pattern))
-        if p.suffix.lower() in IMAGE_SUFFIXES
-    ]
-    if not items:
-        raise ImageError(f"{root}: no images matching {pattern!r} in identity sub-folders")
-    return items
 
 
 def evaluate_folders(

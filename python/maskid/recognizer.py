@@ -17,6 +17,7 @@ import numpy as np
 
 from maskid.errors import ImageError, MaskidError, NoFaceError
 from maskid.face import Face, Match
+from maskid.imageio import IMAGE_SUFFIXES
 from maskid.models import sha256_file
 
 if TYPE_CHECKING:  # the stages import onnxruntime/hnswlib: load them only when used
@@ -29,7 +30,21 @@ ImageInput = str | Path | np.ndarray
 # Images whose shorter side is at most this many pixels are treated as tight face crops.
 SMALL_IMAGE = 400
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+def identity_images(root: Path, pattern: str = "*") -> list[tuple[str, Path]]:
+    """(identity, image path) for every image matching `pattern` in root/<identity>/."""
+    if not root.is_dir():
+        raise ImageError(f"{root}: not a directory of identity folders")
+    items = [
+        (person.name, p)
+        for person in sorted(root.iterdir())
+        if person.is_dir()
+        for p in sorted(person.glob(pattern))
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not items:
+        raise ImageError(f"{root}: no images matching {pattern!r} in identity sub-folders")
+    return items
 
 
 def l2_normalize(v: np.ndarray) -> np.ndarray:
@@ -263,18 +278,7 @@ class Recognizer:
         progress: Callable[[Iterable[Path]], Iterable[Path]] | None = None,
     ) -> BuildReport:
         """Add every image of DATASET/<identity>/* not yet in the gallery (one commit)."""
-        root = Path(dataset)
-        if not root.is_dir():
-            raise ImageError(f"{root}: not a directory of identity folders")
-        work = [
-            (person.name, p)
-            for person in sorted(root.iterdir())
-            if person.is_dir()
-            for p in sorted(person.iterdir())
-            if p.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not work:
-            raise ImageError(f"{root}: no images found in identity sub-folders")
+        work = identity_images(Path(dataset))
         gallery = self.gallery(create=True)
         report = BuildReport()
         paths = [p for _, p in work]

@@ -24,9 +24,7 @@ import cv2
 import numpy as np
 
 from maskid.errors import ImageError, UsageError
-from maskid.imageio import load_image
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+from maskid.imageio import IMAGE_SUFFIXES, load_image
 
 
 class Status(enum.Enum):
