@@ -8,19 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from dlib_reference import MODELS, dlib, rgb
 from maskid.chip import chip_source, dlib_chip_transform, extract_chip, pyramid_down2
-
-dlib = pytest.importorskip("dlib", reason="dlib (dlib-bin) is the reference implementation")
-frm = pytest.importorskip("face_recognition_models", reason="needs the dlib model files")
-MODELS = Path(frm.__file__).parent / "models"
-
-
-def _rgb(path: Path, pad: float = 0.0) -> np.ndarray:
-    img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    if pad:  # tight crops need context before dlib's HOG detector finds the face
-        b = int(pad * img.shape[0])
-        img = cv2.copyMakeBorder(img, b, b, b, b, cv2.BORDER_REPLICATE)
-    return img
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +17,8 @@ def dlib_faces(lfw10: Path, m2fred: Path) -> list[tuple[np.ndarray, object]]:
     """(image, dlib 5-point shape) for 6 LFW photos and 4 unmasked M2FRED crops."""
     det = dlib.get_frontal_face_detector()
     sp = dlib.shape_predictor(str(MODELS / "shape_predictor_5_face_landmarks.dat"))
-    images = [_rgb(p) for p in sorted(lfw10.glob("*/*.jpg"))[::17][:6]]
-    images += [_rgb(p, 0.5) for p in sorted(m2fred.glob("*/*-0-0.png"))[::9][:8]]
+    images = [rgb(p) for p in sorted(lfw10.glob("*/*.jpg"))[::17][:6]]
+    images += [rgb(p, 0.5) for p in sorted(m2fred.glob("*/*-0-0.png"))[::9][:8]]
     out = []
     for img in images:
         dets = det(img, 1)

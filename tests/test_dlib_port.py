@@ -10,15 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
+from dlib_reference import MODELS, dlib, rgb
 from maskid.chip import chip_source, dlib_chip_transform
 from maskid.dlibnet.reader import AddPrev, Conv, Fc, Skip, Tag, read_dlib_net
 from maskid.embedder import Embedder
 from maskid.errors import ModelError
 from maskid.models import available_models, dlib_dat_path, model_path
-
-dlib = pytest.importorskip("dlib", reason="dlib (dlib-bin) is the reference implementation")
-frm = pytest.importorskip("face_recognition_models", reason="needs the dlib model files")
-MODELS = Path(frm.__file__).parent / "models"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,21 +38,13 @@ def facerec() -> object:
     return dlib.face_recognition_model_v1(str(MODELS / "dlib_face_recognition_resnet_model_v1.dat"))
 
 
-def _rgb(path: Path, pad: float = 0.0) -> np.ndarray:
-    img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    if pad:  # tight crops need context before dlib's HOG detector finds the face
-        b = int(pad * img.shape[0])
-        img = cv2.copyMakeBorder(img, b, b, b, b, cv2.BORDER_REPLICATE)
-    return img
-
-
 @pytest.fixture(scope="module")
 def faces(lfw10: Path, m2fred: Path) -> list[tuple[np.ndarray, object]]:
     """(image, dlib 5-point shape) for LFW photos and unmasked M2FRED crops."""
     det = dlib.get_frontal_face_detector()
     sp = dlib.shape_predictor(str(MODELS / "shape_predictor_5_face_landmarks.dat"))
-    images = [_rgb(p) for p in sorted(lfw10.glob("*/*.jpg"))[3::13][:6]]
-    images += [_rgb(p, 0.5) for p in sorted(m2fred.glob("*/*-0-0.png"))[4::11][:8]]
+    images = [rgb(p) for p in sorted(lfw10.glob("*/*.jpg"))[3::13][:6]]
+    images += [rgb(p, 0.5) for p in sorted(m2fred.glob("*/*-0-0.png"))[4::11][:8]]
     out = [(img, sp(img, d[0])) for img in images if (d := det(img, 1))]
     assert len(out) >= 8, "dlib found too few faces in the fixtures"
     return out
