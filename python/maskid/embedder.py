@@ -139,6 +139,11 @@ class Embedder:
 
     def embed_image(self, image: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
         """uint8 H x W x 3 RGB image + one chip transform per face (see maskid.chip) -> N x dim."""
+        return self.embed_batch(self.prepare(image, transforms))
+
+    def prepare(self, image: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
+        """The aligned input batch (N x 3 x S x S float32) for `embed_batch`: the "align" stage,
+        separate so the camera loop can time it apart from the network."""
         from maskid.chip import chip_source
         from maskid.preprocess import warp_batch
 
@@ -149,7 +154,7 @@ class Embedder:
             source, m_source = chip_source(image, m, self._size)
             if source.shape[0] >= 2 and source.shape[1] >= 2:
                 warp_batch(source, m_source[None], size=self._size, out=batch[i : i + 1])
-        return self.embed_batch(batch)
+        return batch
 
     def __repr__(self) -> str:
         return f"Embedder({self._model_id!r}, dim={self._dim})"
