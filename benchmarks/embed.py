@@ -4,7 +4,9 @@ Feeds real face chips (cut from the LFW demo photos with the C++ core) to the de
 (`maskid.models.DEFAULT_MODEL`; `--model dlib-resnet-v1` for the dlib port, or any .onnx or
 TensorRT .engine file), on ONNX Runtime's CPU provider unless --providers says otherwise.
 
-    python benchmarks/embed.py [--quick] [--json PATH] [--batches 1,4,16,32]
+    python benchmarks/embed.py [--quick] [--json PATH] [--batches 1,4,16,32] [--threads 1]
+
+`--model maskid-eyes-v1-flip` measures the flip-averaged variant (twice the network passes).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,4,16,32", help="comma-separated batch sizes")
     ap.add_argument("--quick", action="store_true", help="fewer faces per batch size")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all)")
     args = ap.parse_args(argv)
 
     from maskid.models import DEFAULT_MODEL, available_models, model_path
@@ -63,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     total = 32 if args.quick else 128
 
-    probe = Engine.open(path, providers=providers)
+    probe = Engine.open(path, providers=providers, threads=args.threads)
     c, h, w = probe.input_shape
     chips = real_chips(total, h)
     rows = []
     for b in tqdm(batches, desc="batch sizes", unit="size"):
-        engine = Engine.open(path, providers=providers, batch_max=b)
+        engine = Engine.open(path, providers=providers, batch_max=b, threads=args.threads)
         engine.run(chips[:b])  # warm-up (allocations, kernel selection)
         t0 = time.perf_counter()
         emb = engine.run(chips)
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "threads": args.threads,
             "quick": args.quick,
             "results": rows,
         }

@@ -72,3 +72,26 @@ def test_periocular_half_ignores_the_lower_face(chips: np.ndarray) -> None:
     full_cos = np.sum(a[:, :128] * b[:, :128], axis=1)
     assert (eye_cos > 0.999).all()  # the periocular view never sees below EYE_ROWS (+ blur)
     assert (full_cos < eye_cos).all()  # while the full-face half does
+
+
+def test_flip_variant_averages_each_branch_over_the_mirror_image(chips: np.ndarray) -> None:
+    from maskid.models import EYES_FLIP_MODEL
+
+    plain, flip = Embedder(EYES_MODEL, threads=1), Embedder(EYES_FLIP_MODEL, threads=1)
+    mirrored = np.ascontiguousarray(chips[:, :, ::-1])
+    a, m = plain.embed_chips(chips), plain.embed_chips(mirrored)
+
+    def l2(v: np.ndarray) -> np.ndarray:
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    # the shipped default is not mirror-invariant: the flip variant really changes descriptors
+    assert (np.sum(l2(a) * l2(m), axis=1) < 0.999).all()
+
+    want = np.concatenate([l2(a[:, :128] + m[:, :128]), l2(a[:, 128:] + m[:, 128:])], axis=1)
+    got = flip.embed_chips(chips)
+    assert np.abs(got - want).max() <= 1e-5
+    assert np.abs(flip.embed_chips(mirrored) - got).max() <= 1e-5  # mirror-invariant
+    assert np.abs(flip.embed_chips(chips[2:3])[0] - got[2]).max() <= 1e-5  # dynamic batch
+    meta = {p.key: p.value for p in onnx.load(str(model_path(EYES_FLIP_MODEL))).metadata_props}
+    assert meta["flip_average"] == "true" and meta["model_name"] == EYES_FLIP_MODEL
+    assert "flip_average" not in plain._meta  # the default's file (and gallery id) is unchanged

@@ -72,3 +72,28 @@ def test_report_open_set_and_no_face_accounting() -> None:
         np.array([0.9, 0.3, -np.inf]), np.array([0.2, 0.1, 0.7, 0.2, 0.5, 0.1, 0.0]), 0.6
     )
     assert (rep.far_at_threshold, rep.frr_at_threshold) == (far, frr) == (1 / 7, 2 / 3)
+
+
+def test_heldout_split_is_identity_disjoint_deterministic_and_balanced() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ids = [f"{i:03d}" for i in range(43)]
+    halves = module.split_identities(ids[::-1])  # input order does not matter
+    assert halves == module.split_identities(ids)
+    dev, test = set(halves["dev"]), set(halves["test"])
+    assert not dev & test and dev | test == set(ids) and halves["all"] == ids
+    assert (len(dev), len(test)) == (22, 21)
+    assert halves["dev"][:3] == ["000", "002", "004"]
+    # training/heldout.py (the settings search over a descriptor cache) splits the same way
+    path = Path(__file__).resolve().parents[1] / "training" / "heldout.py"
+    spec = importlib.util.spec_from_file_location("heldout_search", path)
+    assert spec is not None and spec.loader is not None
+    heldout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(heldout)
+    assert heldout.split_identities(ids[::-1]) == halves

@@ -177,6 +177,7 @@ def build_fused_onnx(
     version: str,
     eye_rows: int,
     eye_weight: float,
+    flip: bool = False,
 ) -> onnx.ModelProto:
     """The eye-region-weighted embedder: [l2(full(chip)), eye_weight * l2(eye(upper chip))].
 
@@ -185,24 +186,42 @@ def build_fused_onnx(
     torch.nn.functional.interpolate(align_corners=False) and cv2.resize). Cosine similarity of
     two such descriptors is a weighted mean of the full-face and periocular cosines, so the
     gallery needs nothing new.
+
+    flip: horizontal-flip averaging inside the graph: each branch's descriptor becomes
+    l2(mean(l2(branch(chip)), l2(branch(mirrored chip)))), the chip and its mirror run as one
+    batch of 2N (twice the compute), so every caller gets it at enrollment and at query alike.
     """
     rows, cols = full.input_size
     if eye.input_size != full.input_size or not 0 < eye_rows <= rows:
         raise ModelError("the periocular branch must take the same chip size")
     g = _Graph()
-    a = _l2_normalize(g, _branch(g, full, "input"))
 
     def i64(name: str, *v: int) -> str:
         return g.const(name, np.array(v, np.int64))
 
-    crop = g.op("Slice", ["input", i64("starts", 0), i64("ends", eye_rows), i64("axes", 2)])
+    x = "input"
+    if flip:  # [chip; mirrored chip] as one batch of 2N (W reversed: Slice with step -1)
+        end = int(np.iinfo(np.int64).min)
+        mirror = g.op("Slice", [x, i64("fs", -1), i64("fe", end), i64("fa", 3), i64("fst", -1)])
+        x = g.op("Concat", [x, mirror], axis=0)
+
+    def pooled(d: str) -> str:
+        """l2 per row; with flip, rows i and N+i averaged and l2-normalised again."""
+        d = _l2_normalize(g, d)
+        if not flip:
+            return d
+        pair = g.op("Reshape", [d, i64("two", 2, -1, full.output_dim)])
+        return _l2_normalize(g, g.op("ReduceMean", [pair], axes=[0], keepdims=0))
+
+    a = pooled(_branch(g, full, x))
+    crop = g.op("Slice", [x, i64("starts", 0), i64("ends", eye_rows), i64("axes", 2)])
     # Resize takes absolute sizes, batch included: read the batch size off the input's shape.
-    batch = g.op("Slice", [g.op("Shape", ["input"]), i64("s0", 0), i64("s1", 1)])
+    batch = g.op("Slice", [g.op("Shape", [x]), i64("s0", 0), i64("s1", 1)])
     sizes = g.op("Concat", [batch, i64("chw", 3, rows, cols)], axis=0)
     up = g.op(
         "Resize", [crop, "", "", sizes], mode="linear", coordinate_transformation_mode="half_pixel"
     )
-    b = _l2_normalize(g, _branch(g, eye, up))
+    b = pooled(_branch(g, eye, up))
     b = g.op("Mul", [b, g.const("eye_weight", np.array(eye_weight, dtype=np.float32))])
     x = g.op("Concat", [a, b], axis=1)
     g.nodes.append(helper.make_node("Identity", [x], ["descriptor"], name="descriptor"))
@@ -212,4 +231,6 @@ def build_fused_onnx(
         "normalized": "true",
         "architecture": "dlib ResNet full face + dlib ResNet periocular, concatenated",
     }
+    if flip:  # only then: the plain model's file (and so its gallery id) stays byte-identical
+        extra["flip_average"] = "true"
     return _finish(g, full, model_name, version, 2 * full.output_dim, extra)
