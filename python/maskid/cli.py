@@ -362,38 +362,66 @@ def demo(out_dir: Path | None, model: str | None) -> None:
 @click.option(
     "--source",
     required=True,
-    help="csi://0, v4l2:///dev/video0, rtsp://..., a video file, a folder of images or one image.",
+    help="0 or /dev/video0 (USB camera), csi://0 (Jetson CSI), rtsp://... or http://..., "
+    "a GStreamer pipeline ('... ! appsink'), a video file, or a folder of images.",
 )
 @gallery_option
 @model_option
 @click.option("--threshold", type=float, default=None, help="As for `recognize`.")
-@click.option("--every", default=1, show_default=True, help="Analyse every N-th frame.")
-@click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document per analysed frame.")
 @click.option(
-    "--out",
+    "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write the annotated frames as a video (.mp4/.avi).",
+    help="Record the annotated frames (.mp4 or .avi).",
 )
-def watch(
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per recognition event.")
+@click.option(
+    "--display/--no-display",
+    default=None,
+    help="Show an annotated window (default: when a display and a GUI-enabled OpenCV exist).",
+)
+@click.option("--detect-every", default=1, show_default=True, help="Detect on every K-th frame.")
+@click.option(
+    "--embed-every",
+    default=15,
+    show_default=True,
+    help="Re-embed a tracked face every N frames (and at once when its box moves).",
+)
+@click.option("--votes", default=5, show_default=True, help="Recent matches that name a track.")
+@click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
+def camera(
     source: str,
     gallery_dir: Path | None,
     model: str | None,
     threshold: float | None,
-    every: int,
-    max_frames: int | None,
+    output: Path | None,
     as_json: bool,
-    out: Path | None,
+    display: bool | None,
+    detect_every: int,
+    embed_every: int,
+    votes: int,
+    max_frames: int | None,
 ) -> None:
-    """The camera loop: recognize the faces in every frame of a camera, stream or video."""
-    from maskid.watch import run_watch
+    """The camera loop: track faces, name them, report events; runs until the source ends,
+    q/Esc in the window, Ctrl-C or SIGTERM. Live sources are reopened when they drop."""
+    from maskid.camera import CameraOptions, run_camera
 
     rec = _recognizer(gallery_dir, model, threshold=threshold)
-    summary = run_watch(
-        rec, source, every=every, max_frames=max_frames, out=out, as_json=as_json, echo=click.echo
+    options = CameraOptions(
+        detect_every=detect_every, embed_every=embed_every, votes=votes, threshold=threshold
     )
-    click.echo(summary, err=True)
+    stats = run_camera(
+        rec,
+        source,
+        options,
+        output=output,
+        as_json=as_json,
+        display=display,
+        max_frames=max_frames,
+        echo=lambda line: click.echo(line),
+        notify=lambda line: click.echo(line, err=True),
+    )
+    click.echo(stats.summary(), err=True)
 
 
 @main.command()

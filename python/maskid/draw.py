@@ -25,13 +25,16 @@ def default_annotation_path(image: str | Path) -> Path:
     return cache_dir() / "annotated" / f"{Path(image).stem}.recognized.jpg"
 
 
-def annotate(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-    """A copy of the RGB image with each face's box, landmarks, name and cosine score."""
+def annotate(
+    image: np.ndarray, faces: Sequence[Face], labels: Sequence[str] | None = None
+) -> np.ndarray:
+    """A copy of the RGB image with each face's box, landmarks, name and cosine score
+    (`labels`: a prefix per face, such as the camera loop's track ids)."""
     out = image.copy()
     scale = max(out.shape[:2]) / 640.0
     thick = max(1, round(2 * scale))
     font = 0.5 * max(scale, 0.6)
-    for f in faces:
+    for i, f in enumerate(faces):
         color = KNOWN if f.identity else UNKNOWN
         x1, y1, x2, y2 = (round(float(v)) for v in f.box)
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thick, cv2.LINE_AA)
@@ -46,6 +49,8 @@ def annotate(image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
             label = f"unknown (nearest {f.matches[0].identity}? cos={score})"
         else:
             label = "unknown"
+        if labels is not None:
+            label = f"{labels[i]} {label}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
         ty = y1 - 4 if y1 - th - base - 4 > 0 else y2 + th + 4
         cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)

@@ -1,0 +1,355 @@
+"""`maskid camera`: the embedded camera loop (frames in, names out, all day).
+
+Two layers, as jetson-inference separates its videoSource from its nets:
+  `FacePipeline.process(frame)`: detect (every K frames) -> track -> align + embed only the
+      tracks that are due -> search -> vote; returns the tracks, events and per-stage times.
+      No I/O: the latency benchmark drives it directly.
+  `run_camera(...)`: the loop around it: source (reconnecting), overlay, window, recording,
+      JSON events, signals.
+
+Events (one JSON object per line with --json): "recognized" when a track is first named (or
+found unknown), "changed" when its voted identity changes, "lost" when it leaves. Each has the
+time, frame, track id, identity (null: unknown), score, box, the latency from the frame's
+arrival to the event, per-stage times of that frame (ms) and the loop's FPS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from maskid.align import chip_transform
+from maskid.draw import annotate
+from maskid.errors import GalleryError, ImageError, UsageError
+from maskid.recognizer import Recognizer
+from maskid.sources import RateMeter, Status, open_source
+from maskid.tracker import IouTracker, Track
+
+STAGES = ("decode", "detect", "align", "embed", "search")
+
+
+@dataclass
+class CameraOptions:
+    detect_every: int = 1  # run the detector on every K-th frame (tracks hold in between)
+    embed_every: int = 15  # re-embed a still track every N frames
+    move_iou: float = 0.5  # ... or at once when its box moved this much (IoU to last embed)
+    votes: int = 5  # recent matches that name a track
+    top_k: int = 3
+    threshold: float | None = None  # None: the model's own
+
+    def check(self) -> None:
+        if self.detect_every < 1 or self.embed_every < 1 or self.votes < 1 or self.top_k < 1:
+            raise UsageError("--detect-every, --embed-every, --votes and --top must be >= 1")
+        if not 0 < self.move_iou <= 1:
+            raise UsageError("--move-iou must lie in (0, 1]")
+
+
+@dataclass
+class FrameResult:
+    index: int
+    tracks: list[Track]  # visible now
+    events: list[dict[str, Any]]
+    timings: dict[str, float]  # ms per stage for this frame
+    detected: bool  # the detector ran on this frame
+    embedded: int  # faces embedded in this frame
+
+    @property
+    def total_ms(self) -> float:
+        return float(sum(self.timings.values()))
+
+
+class FacePipeline:
+    """Per-frame recognition with tracking, embedding scheduling and voting (no I/O)."""
+
+    def __init__(self, rec: Recognizer, options: CameraOptions | None = None) -> None:
+        self.options = options or CameraOptions()
+        self.options.check()
+        self.rec = rec
+        self.gallery = rec.gallery()
+        if not self.gallery.identities():
+            raise GalleryError(f"gallery {rec.gallery_dir} is empty; enroll someone first")
+        self.threshold = rec.threshold if self.options.threshold is None else self.options.threshold
+        self.tracker = IouTracker(
+            embed_every=self.options.embed_every,
+            move_iou=self.options.move_iou,
+            votes=self.options.votes,
+        )
+        self.rec.detector, self.rec.embedder  # noqa: B018 -- load the models before frame 0
+
+    def process(self, frame: np.ndarray, index: int, decode_ms: float = 0.0) -> FrameResult:
+        """Recognize the faces of one RGB frame. `decode_ms`: time its capture took."""
+        started = time.perf_counter()
+        timings = dict.fromkeys(STAGES, 0.0)
+        timings["decode"] = decode_ms
+        events: list[dict[str, Any]] = []
+        detected = index % self.options.detect_every == 0
+        if detected:
+            with _timed(timings, "detect"):
+                faces = self.rec.detector.detect(frame)
+            _, dropped = self.tracker.update(faces, index)
+            events += [self._event("lost", t, index) for t in dropped if t.reported]
+        due = self.tracker.due(index) if detected else []
+        if due:
+            embedder = self.rec.embedder
+            with _timed(timings, "align"):
+                batch = embedder.prepare(frame, [chip_transform(t.face.landmarks) for t in due])
+            with _timed(timings, "embed"):
+                descriptors = embedder.embed_batch(batch)
+            with _timed(timings, "search"):
+                results = self.gallery.search(descriptors, k=self.options.top_k)
+            for track, matches in zip(due, results, strict=True):
+                best = matches[0]
+                name = best.identity if best.score >= self.threshold else None
+                self.tracker.record(track, name, best.score, index)
+                track.face.matches = matches
+            latency = decode_ms + (time.perf_counter() - started) * 1000
+            for track in due:
+                if not track.reported or track.identity != track.reported_identity:
+                    kind = "changed" if track.reported else "recognized"
+                    events.append(self._event(kind, track, index, latency))
+                    track.reported, track.reported_identity = True, track.identity
+        visible = [t for t in self.tracker.tracks if t.last_seen == self.tracker_frame(index)]
+        for t in visible:
+            t.face.identity, t.face.match_score = t.identity, t.score
+        return FrameResult(index, visible, events, timings, detected, len(due))
+
+    def finish(self, index: int) -> list[dict[str, Any]]:
+        """ "lost" events for the tracks still open when the stream ends."""
+        events = [self._event("lost", t, index) for t in self.tracker.tracks if t.reported]
+        self.tracker.tracks = []
+        return events
+
+    def tracker_frame(self, index: int) -> int:
+        """The last frame the detector ran on (tracks hold their boxes in between)."""
+        return index - index % self.options.detect_every
+
+    def _event(
+        self, kind: str, track: Track, index: int, latency_ms: float | None = None
+    ) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "event": kind,
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "frame": index,
+            "track": track.id,
+            "identity": track.identity,
+            "score": None if track.score is None else round(track.score, 4),
+            "box": [round(float(v), 1) for v in track.box],
+            # The latest search, best first: who came closest when the identity is unknown.
+            "matches": [
+                {"identity": m.identity, "score": round(float(m.score), 4)}
+                for m in track.face.matches
+            ],
+        }
+        if latency_ms is not None:
+            event["latency_ms"] = round(latency_ms, 1)
+        return event
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    timings[stage] += (time.perf_counter() - t) * 1000
+
+
+def overlay(frame: np.ndarray, result: FrameResult, fps: float) -> np.ndarray:
+    """The frame with each track's box, id, name and score, and the stage times and FPS."""
+    faces = [t.face for t in result.tracks]
+    out = annotate(frame, faces, labels=[f"#{t.id}" for t in result.tracks])
+    lines = [f"{fps:5.1f} fps  faces {len(faces)}"]
+    lines.append("  ".join(f"{s} {result.timings[s]:.1f}" for s in STAGES) + " ms")
+    scale = max(0.4, frame.shape[1] / 1600)
+    for i, text in enumerate(lines):
+        y = int(18 * scale / 0.4) * (i + 1)
+        cv2.putText(out, text, (8, y), 0, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, text, (8, y), 0, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+class VideoOut:
+    """Annotated frames to a video file, opened lazily at the first frame's size."""
+
+    def __init__(self, path: Path, fps: float = 15.0) -> None:
+        self.path = path
+        self.fps = fps
+        self.frames = 0
+        self._writer: cv2.VideoWriter | None = None
+        self._size = (0, 0)
+
+    def write(self, frame_rgb: np.ndarray) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            mp4 = self.path.suffix.lower() == ".mp4"
+            fourcc = cv2.VideoWriter.fourcc(*("mp4v" if mp4 else "MJPG"))
+            self._size = (frame_rgb.shape[1], frame_rgb.shape[0])
+            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, self._size)
+            if not self._writer.isOpened():
+                raise ImageError(f"{self.path}: cannot write a video here (use .mp4 or .avi)")
+        if (frame_rgb.shape[1], frame_rgb.shape[0]) != self._size:  # folders mix photo sizes
+            frame_rgb = cv2.resize(frame_rgb, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()  # writes the container's index: the file is playable
+            self._writer = None
+
+
+class Window:
+    """An OpenCV window, where this OpenCV has a GUI and a display exists."""
+
+    NAME = "maskid"
+
+    @staticmethod
+    def available() -> bool:
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            return False
+        for line in cv2.getBuildInformation().splitlines():
+            if line.strip().startswith("GUI:"):
+                return "NONE" not in line
+        return False
+
+    def show(self, frame_rgb: np.ndarray) -> bool:
+        """Show the frame; False when the user pressed q / Esc or closed the window."""
+        cv2.imshow(self.NAME, cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR))
+        key = cv2.waitKey(1) & 0xFF
+        closed = cv2.getWindowProperty(self.NAME, cv2.WND_PROP_VISIBLE) < 1
+        return key not in (ord("q"), 27) and not closed
+
+    def close(self) -> None:
+        cv2.destroyWindow(self.NAME)
+
+
+@contextmanager
+def _stop_on_signals(stop: list[bool]) -> Iterator[None]:
+    """SIGINT / SIGTERM end the loop after the current frame (so the recording is flushed)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        stop[0] = True
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@dataclass
+class LoopStats:
+    frames: int = 0
+    events: int = 0
+    decode_errors: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    stage_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    elapsed_s: float = 0.0
+    stopped_by: str = "end of stream"
+
+    def summary(self) -> str:
+        fps = self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        stages = ", ".join(
+            f"{s} {np.mean(v):.1f}" for s, v in self.stage_ms.items() if v and np.mean(v) > 0
+        )
+        return (
+            f"camera: {self.frames} frames in {self.elapsed_s:.1f} s ({fps:.1f} fps), "
+            f"{self.events} events, {self.decode_errors} undecodable frames skipped, "
+            f"{self.dropped} live frames dropped, {self.reconnects} reconnects; "
+            f"mean ms per frame: {stages or '-'}; stopped by {self.stopped_by}"
+        )
+
+
+def run_camera(
+    rec: Recognizer,
+    source: str,
+    options: CameraOptions | None = None,
+    output: Path | None = None,
+    as_json: bool = False,
+    display: bool | None = None,
+    max_frames: int | None = None,
+    echo: Callable[[str], None] = print,
+    notify: Callable[[str], None] = print,
+) -> LoopStats:
+    """Run the loop until the source ends, max_frames, q/Esc, SIGINT or SIGTERM.
+
+    display None: a window where one can be shown. Events go to `echo` (JSON lines with
+    as_json, else one readable line each); source notices (reconnects) go to `notify`.
+    """
+    if max_frames is not None and max_frames < 1:
+        raise UsageError("--max-frames must be >= 1")
+    if display and not Window.available():
+        raise UsageError(
+            "no display here (or this OpenCV has no GUI, as opencv-python-headless); "
+            "use --no-display, --output or --json"
+        )
+    pipeline = FacePipeline(rec, options)  # fails on an empty gallery before opening a camera
+    window = Window() if (display or (display is None and Window.available())) else None
+    stats = LoopStats()
+    meter = RateMeter()
+    stop = [False]
+    start = time.perf_counter()
+    src = open_source(source, reconnect=True, notify=notify)
+    # A file is recorded at its own rate; a live source at a nominal 15 fps.
+    video = VideoOut(output, fps=src.fps or 15.0) if output is not None else None
+    try:
+        with _stop_on_signals(stop), src:
+            while not stop[0] and (max_frames is None or stats.frames < max_frames):
+                t = time.perf_counter()
+                status, frame = src.capture(timeout=0.5)
+                decode_ms = (time.perf_counter() - t) * 1000
+                if status is Status.TIMEOUT:
+                    continue
+                if status is not Status.OK or frame is None:
+                    break  # a file or folder ended (live sources reconnect instead)
+                result = pipeline.process(frame, stats.frames, decode_ms)
+                stats.frames += 1
+                fps = meter.tick()
+                for s in STAGES:
+                    stats.stage_ms[s].append(result.timings[s])
+                for event in result.events:
+                    event["timings_ms"] = {s: round(result.timings[s], 2) for s in STAGES}
+                    event["fps"] = round(fps, 1)
+                    echo(json.dumps(event) if as_json else _event_line(event))
+                stats.events += len(result.events)
+                if video is not None or window is not None:
+                    picture = overlay(frame, result, fps)
+                    if video is not None:
+                        video.write(picture)
+                    if window is not None and not window.show(picture):
+                        stats.stopped_by = "window closed"
+                        break
+            for event in pipeline.finish(stats.frames):
+                echo(json.dumps(event) if as_json else _event_line(event))
+                stats.events += 1
+            if stop[0]:
+                stats.stopped_by = "signal"
+            elif max_frames is not None and stats.frames >= max_frames:
+                stats.stopped_by = "--max-frames"
+            stats.decode_errors, stats.dropped = src.decode_errors, src.dropped
+            stats.reconnects = src.reconnects
+    finally:
+        if video is not None:
+            video.close()
+        if window is not None:
+            window.close()
+    stats.elapsed_s = time.perf_counter() - start
+    return stats
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    who = event["identity"] or "unknown"
+    score = "-" if event["score"] is None else f"{event['score']:.3f}"
+    latency = f"  ({event['latency_ms']:.0f} ms)" if "latency_ms" in event else ""
+    return f"{event['time']}  frame {event['frame']}  #{event['track']} {event['event']}: {who} {score}{latency}"
