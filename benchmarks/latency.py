@@ -1,6 +1,7 @@
 """Camera-loop latency: maskid's FacePipeline vs a face_recognition-style dlib loop, same run.
 
-Scenes are MJPG videos composed from real lfw10 photos (../shared/data/demo/lfw10): 640x480 and
+Scenes are MJPG videos composed from real LFW photos (../shared/data/demo/lfw10, else the few
+bundled with the package, so it also runs on a device without the team's data): 640x480 and
 1280x720 frames with 1, 5 and 20 faces that drift a few pixels per frame, decoded from disk as
 a camera loop would. Gallery: one other photo of each of the 10 people.
 
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from maskid.camera import STAGES, CameraOptions, FacePipeline
 from maskid.errors import NoFaceError
 from maskid.imageio import load_image
-from maskid.paths import shared_data_dir
+from maskid.paths import PACKAGE_DATA, shared_data_dir
 from maskid.recognizer import Recognizer
 from maskid.sources import open_source
 
@@ -216,9 +217,11 @@ def main() -> None:
     ap.add_argument("--png", type=Path, help="chart (default: beside --json, else not drawn)")
     ap.add_argument("--frames", type=int, help="frames per scene for maskid (default 30 / 150)")
     args = ap.parse_args()
-    lfw10 = shared_data_dir() / "demo" / "lfw10"
+    shared = shared_data_dir()
+    lfw10 = shared / "demo" / "lfw10" if shared else PACKAGE_DATA / "missing"
     if not lfw10.is_dir():
-        raise SystemExit(f"needs the team's data at {lfw10}")
+        lfw10 = PACKAGE_DATA / "demo" / "celebrities"
+        print(f"../shared not found: using the bundled demo photos in {lfw10}")
     frames = args.frames or (30 if args.quick else 150)
     dlib_frames = {1: 4, 5: 3, 20: 2} if args.quick else {1: 20, 5: 10, 20: 5}
     every_frames = min(frames, 10 if args.quick else 40)
@@ -237,7 +240,9 @@ def main() -> None:
                 paths.remove(path)
                 break
         # Faces in the video: other photos of the same people, cycling through the 10 people.
-        video_photos = [photos[n][k // len(photos)] for k, n in enumerate(list(photos) * 2)]
+        video_photos = [
+            photos[n][(k // len(photos)) % len(photos[n])] for k, n in enumerate(list(photos) * 2)
+        ]
         baseline = DlibLoop(enroll)
         scenes = []
         todo = [(size, n) for size in SIZES for n in FACE_COUNTS]
@@ -248,7 +253,7 @@ def main() -> None:
             scene: dict[str, Any] = {"size": f"{size[0]}x{size[1]}", "faces": n}
             scene["maskid"] = run_maskid(rec, video, CameraOptions(), frames)
             scene["maskid/every"] = run_maskid(
-                rec, video, CameraOptions(embed_every=1), every_frames
+                rec, video, CameraOptions(embed_every=1, max_refresh=1000), every_frames
             )
             scene["dlib"] = baseline.run(video, dlib_frames[n])
             scene["ratio_dlib_over_maskid_p50"] = (

@@ -211,6 +211,26 @@ def test_tracker_schedules_embeddings() -> None:
     assert tracker.due(12) == [track]
 
 
+def test_tracker_spreads_refreshes_of_faces_that_appeared_together() -> None:
+    tracker = IouTracker(embed_every=3, max_refresh=2)
+    faces = [_face(200 * i, 0, 200 * i + 100, 100) for i in range(5)]
+    tracker.update(faces, 0)
+    assert len(tracker.due(0)) == 5  # new faces are embedded at once, whatever the budget
+    for t in tracker.due(0):
+        tracker.record(t, None, 0.5, 0)
+    refreshed: dict[int, list[int]] = {}
+    for frame in range(1, 9):
+        tracker.update(faces, frame)
+        due = tracker.due(frame)
+        assert len(due) <= 2
+        for t in due:
+            tracker.record(t, None, 0.5, frame)
+            refreshed.setdefault(frame, []).append(t.id)
+    assert refreshed[3] == [1, 2] and refreshed[4] == [3, 4] and refreshed[5] == [5]
+    tracker.update([_face(35, 0, 135, 100), *faces[1:]], 9)  # track 1 moved: it goes first
+    assert tracker.due(9)[0].id == 1
+
+
 def test_track_identity_is_a_vote() -> None:
     track = Track(id=1, face=_face(0, 0, 1, 1), first_frame=0, last_seen=0)
     assert track.identity is None and track.score is None and not track.recognized

@@ -45,12 +45,16 @@ class CameraOptions:
     embed_every: int = 15  # re-embed a still track every N frames
     move_iou: float = 0.5  # ... or at once when its box moved this much (IoU to last embed)
     votes: int = 5  # recent matches that name a track
+    max_refresh: int = 2  # re-embeddings of known tracks per frame (new tracks: always)
     top_k: int = 3
     threshold: float | None = None  # None: the model's own
 
     def check(self) -> None:
-        if self.detect_every < 1 or self.embed_every < 1 or self.votes < 1 or self.top_k < 1:
-            raise UsageError("--detect-every, --embed-every, --votes and --top must be >= 1")
+        counts = (self.detect_every, self.embed_every, self.votes, self.top_k, self.max_refresh)
+        if min(counts) < 1:
+            raise UsageError(
+                "--detect-every, --embed-every, --votes, --max-refresh and --top must be >= 1"
+            )
         if not 0 < self.move_iou <= 1:
             raise UsageError("--move-iou must lie in (0, 1]")
 
@@ -84,6 +88,7 @@ class FacePipeline:
             embed_every=self.options.embed_every,
             move_iou=self.options.move_iou,
             votes=self.options.votes,
+            max_refresh=self.options.max_refresh,
         )
         self.rec.detector, self.rec.embedder  # noqa: B018 -- load the models before frame 0
 

@@ -388,6 +388,12 @@ def demo(out_dir: Path | None, model: str | None) -> None:
     help="Re-embed a tracked face every N frames (and at once when its box moves).",
 )
 @click.option("--votes", default=5, show_default=True, help="Recent matches that name a track.")
+@click.option(
+    "--max-refresh",
+    default=2,
+    show_default=True,
+    help="Re-embeddings of already-named faces per frame (new faces are always embedded).",
+)
 @click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
 def camera(
     source: str,
@@ -400,6 +406,7 @@ def camera(
     detect_every: int,
     embed_every: int,
     votes: int,
+    max_refresh: int,
     max_frames: int | None,
 ) -> None:
     """The camera loop: track faces, name them, report events; runs until the source ends,
@@ -408,7 +415,11 @@ def camera(
 
     rec = _recognizer(gallery_dir, model, threshold=threshold)
     options = CameraOptions(
-        detect_every=detect_every, embed_every=embed_every, votes=votes, threshold=threshold
+        detect_every=detect_every,
+        embed_every=embed_every,
+        votes=votes,
+        max_refresh=max_refresh,
+        threshold=threshold,
     )
     stats = run_camera(
         rec,

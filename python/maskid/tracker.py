@@ -82,8 +82,11 @@ class IouTracker:
     iou_match: least IoU between a track's box and a detection to be the same face.
     max_missed: detection rounds a track survives unseen before it is dropped.
     embed_every: frames between two embeddings of a track that keeps still.
-    move_iou: re-embed at once when the box overlaps the last embedded box less than this.
+    move_iou: re-embed when the box overlaps the last embedded box less than this.
     votes: how many recent matches name the track.
+    max_refresh: re-embeddings of known tracks per frame (moved ones first, then the
+        stalest); new tracks are always embedded at once. Spreads the work of many faces that
+        appeared together, which would otherwise all fall due on the same frame.
     """
 
     def __init__(
@@ -93,16 +96,18 @@ class IouTracker:
         embed_every: int = 15,
         move_iou: float = 0.5,
         votes: int = 5,
+        max_refresh: int = 2,
     ) -> None:
         if not 0 < iou_match < 1 or not 0 < move_iou <= 1:
             raise ValueError("iou_match and move_iou must lie in (0, 1]")
-        if embed_every < 1 or votes < 1 or max_missed < 0:
-            raise ValueError("embed_every and votes must be >= 1, max_missed >= 0")
+        if embed_every < 1 or votes < 1 or max_refresh < 1 or max_missed < 0:
+            raise ValueError("embed_every, votes and max_refresh must be >= 1, max_missed >= 0")
         self.iou_match = iou_match
         self.max_missed = max_missed
         self.embed_every = embed_every
         self.move_iou = move_iou
         self.votes = votes
+        self.max_refresh = max_refresh
         self.tracks: list[Track] = []
         self._next_id = 1
         self._rounds_missed: dict[int, int] = {}
@@ -144,19 +149,21 @@ class IouTracker:
         return new, dropped
 
     def due(self, frame: int) -> list[Track]:
-        """Tracks seen in this frame that need a (new) embedding."""
-        out = []
+        """Tracks seen in this frame that need a (new) embedding: every new track, and up to
+        `max_refresh` known ones that moved or went stale."""
+        new, refresh = [], []
         for t in self.tracks:
             if t.last_seen != frame:
                 continue  # not detected now: no fresh landmarks to align on
             if t.embedded_frame is None or t.embedded_box is None:
-                out.append(t)  # never embedded
+                new.append(t)
                 continue
-            stale = frame - t.embedded_frame >= self.embed_every
+            age = frame - t.embedded_frame
             moved = iou(t.box, t.embedded_box)[0, 0] < self.move_iou  # or resized
-            if stale or moved:
-                out.append(t)
-        return out
+            if moved or age >= self.embed_every:
+                refresh.append((not moved, -age, t.id, t))
+        refresh.sort(key=lambda item: item[:3])
+        return new + [item[3] for item in refresh[: self.max_refresh]]
 
     def record(self, track: Track, identity: str | None, score: float, frame: int) -> None:
         """Note a match for the track (identity None: below the threshold)."""
