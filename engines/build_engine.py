@@ -89,6 +89,25 @@ def check_fresh(path: Path, key: dict) -> None:
         raise ModelError(f"stale engine {path.name}: {', '.join(diff)} changed; use --force")
 
 
+def onnx_contract(model: Path) -> dict[str, Any]:
+    """What an `Embedder` needs to use the engine in place of the ONNX model, read from the
+    model: its output width and its metadata (name, threshold, enrollment settings)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(model), load_external_data=False)
+    except Exception as exc:  # onnx raises several types for a corrupt file
+        raise ModelError(f"cannot read {model.name} as ONNX: {exc}") from exc
+    outputs = graph.graph.output
+    dims = outputs[0].type.tensor_type.shape.dim if len(outputs) == 1 else []
+    if len(dims) != 2 or not dims[1].dim_value:
+        raise ModelError(f"{model.name}: expected one output of shape N x dim")
+    return {
+        "output_dim": int(dims[1].dim_value),
+        "onnx_metadata": {p.key: p.value for p in graph.metadata_props},
+    }
+
+
 def load_calibration(source: Path, shape: tuple[int, int, int]) -> np.ndarray:
     """Real aligned chips as float32 NCHW RGB, 0..255 (the maskid graphs normalise inside)."""
     c, h, w = shape
@@ -136,9 +155,14 @@ def build(args: argparse.Namespace) -> Path:
         check_fresh(out, key)
         return out
 
+    contract = onnx_contract(model)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    # TensorRT 10 networks are always explicit-batch (flag 0); 8.x must ask for it, or the ONNX
+    # parser refuses the implicit-batch network that 0 means there.
+    explicit = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    major = int(trt.__version__.split(".")[0])
+    network = builder.create_network(0 if major >= 10 or explicit is None else 1 << int(explicit))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(model.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -175,7 +199,7 @@ def build(args: argparse.Namespace) -> Path:
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(bytes(serialized))
     tmp.replace(out)
-    meta: dict[str, Any] = {**key, "input": inp.name, "input_shape": list(chw)}
+    meta: dict[str, Any] = {**key, "input": inp.name, "input_shape": list(chw), **contract}
     out.with_suffix(out.suffix + ".json").write_text(json.dumps(meta, indent=2))
     return out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskid.engine import OnnxEngine
+from maskid.engine import TENSORRT_SUFFIXES, Engine, OnnxEngine
 from maskid.errors import ModelError
 from maskid.models import DEFAULT_MODEL, available_models, model_path, sha256_file
 
@@ -26,7 +26,8 @@ def _resolve(name_or_path: str | Path) -> Path:
 
 
 class Embedder:
-    """`Embedder("dlib-resnet-v1")` or `Embedder("path/to/model.onnx")`.
+    """`Embedder("dlib-resnet-v1")`, `Embedder("path/to/model.onnx")`, or a TensorRT engine
+    built from such a model by engines/build_engine.py (`Embedder("model....engine")`).
 
     The model takes N x 3 x H x W float32 RGB 0..255 ("input") and returns N x dim
     ("descriptor"); normalisation happens inside the graph.
@@ -39,10 +40,14 @@ class Embedder:
         providers: Sequence[str] | None = None,
     ):
         path = _resolve(name_or_path)
+        if path.suffix.lower() in TENSORRT_SUFFIXES:
+            self._open_tensorrt(path)
+            return
         # The Engine runs the batches (IO binding, CUDA provider when present); the session's
         # metadata gives the model's own settings.
-        self._engine = OnnxEngine(path, providers, batch_max=None, threads=threads)
-        self._session = self._engine.session
+        onnx_engine = OnnxEngine(path, providers, batch_max=None, threads=threads)
+        self._engine: Engine = onnx_engine
+        self._session = onnx_engine.session
         self.path = path
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -67,6 +72,29 @@ class Embedder:
         self._name = meta.get("model_name") or path.stem
         self._meta = meta
         self._model_id = f"{self._name}:{sha256_file(path)[:16]}"
+
+    def _open_tensorrt(self, path: Path) -> None:
+        """An engine stands in for the ONNX model it was built from: same name, settings and
+        gallery identity (its sidecar carries the model's sha256 and metadata), so a gallery
+        enrolled on the CPU is searched with descriptors from the GPU."""
+        sidecar = path.with_suffix(path.suffix + ".json")
+        try:
+            info = json.loads(sidecar.read_text())
+            sha, dim = str(info["model_sha256"]), int(info["output_dim"])
+            meta = {str(k): str(v) for k, v in dict(info.get("onnx_metadata", {})).items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelError(
+                f"{path.name}: no usable sidecar {sidecar.name} ({exc}); build the engine with "
+                "engines/build_engine.py"
+            ) from None
+        self._engine = Engine.open(path)  # ModelError where TensorRT is missing
+        c, h, w = self._engine.input_shape
+        if c != 3 or h != w:
+            raise ModelError(f"{path.name}: expected input N x 3 x S x S, got {c} x {h} x {w}")
+        self.path = path
+        self._size, self._dim, self._meta = h, dim, meta
+        self._name = meta.get("model_name") or Path(str(info.get("model", path.stem))).stem
+        self._model_id = f"{self._name}:{sha[:16]}"
 
     @property
     def name(self) -> str:
