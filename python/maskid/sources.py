@@ -66,6 +66,9 @@ class VideoSource:
         self.decode_errors = 0
         self.dropped = 0
         self.reconnects = 0
+        # perf_counter() when the last frame came in: before a file's read, or when a live
+        # source's reader thread received it (the loop's latency counts from here).
+        self.arrived = 0.0
 
     @property
     def live(self) -> bool:
@@ -137,6 +140,7 @@ class _FileSource(VideoSource):
 
     def capture(self, timeout: float = 1.0) -> tuple[Status, np.ndarray | None]:
         bad = 0
+        self.arrived = time.perf_counter()
         while True:
             ok, frame = self._cap.read()
             self._reads += 1
@@ -178,6 +182,7 @@ class _LiveSource(VideoSource):
         self._max_misses = max_misses
         self._cond = threading.Condition()
         self._latest: np.ndarray | None = None
+        self._latest_at = 0.0
         self._last_frame_at = time.monotonic()
         self._misses = 0
         self._broken = False
@@ -195,6 +200,7 @@ class _LiveSource(VideoSource):
                         if self._latest is not None:
                             self.dropped += 1  # the consumer was slower than the camera
                         self._latest = frame
+                        self._latest_at = time.perf_counter()
                         self._last_frame_at = time.monotonic()
                         # Failed reads between two good frames were frames that did not decode
                         # (a run that never ends is a lost source, not bad frames).
@@ -226,6 +232,7 @@ class _LiveSource(VideoSource):
             if self._latest is None:
                 return Status.ERROR, None
             frame, self._latest = self._latest, None
+            self.arrived = self._latest_at
         self.frames += 1
         return Status.OK, _to_rgb(frame)
 
@@ -248,6 +255,7 @@ class _ImageSource(VideoSource):
         while self._next < len(self._paths):
             path = self._paths[self._next]
             self._next += 1
+            self.arrived = time.perf_counter()
             try:
                 frame = load_image(path)
             except ImageError:
@@ -315,6 +323,7 @@ class ReconnectingSource(VideoSource):
             return Status.TIMEOUT, None
         if status is Status.OK:
             self.frames += 1
+            self.arrived = self._inner.arrived
         self._sync_counts()
         return status, frame
 
