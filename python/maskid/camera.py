@@ -174,11 +174,18 @@ def overlay(frame: np.ndarray, result: FrameResult, fps: float) -> np.ndarray:
     out = annotate(frame, faces, labels=[f"#{t.id}" for t in result.tracks])
     lines = [f"{fps:5.1f} fps  faces {len(faces)}"]
     lines.append("  ".join(f"{s} {result.timings[s]:.1f}" for s in STAGES) + " ms")
-    scale = max(0.4, frame.shape[1] / 1600)
-    for i, text in enumerate(lines):
-        y = int(18 * scale / 0.4) * (i + 1)
-        cv2.putText(out, text, (8, y), 0, scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, text, (8, y), 0, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    scale = max(0.45, frame.shape[1] / 1400)
+    thick = 1 if scale < 0.8 else 2
+    sizes = [cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0] for t in lines]
+    line_h = max(h for _, h in sizes) + int(8 * scale / 0.45)
+    width = max(w for w, _ in sizes) + 12
+    panel = out[: line_h * len(lines) + 8, :width]
+    panel[:] = (panel * 0.35).astype(np.uint8)  # darken under the text so it reads on any scene
+    for k, text in enumerate(lines):
+        y = line_h * (k + 1)
+        cv2.putText(
+            out, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA
+        )
     return out
 
 
