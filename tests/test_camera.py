@@ -269,7 +269,7 @@ def test_pipeline_detects_every_k_frames(clip: Path, gallery: Path) -> None:
 
 def test_camera_cli_events_and_recording(clip: Path, gallery: Path, tmp_path: Path) -> None:
     out = tmp_path / "annotated.mp4"
-    args = ["camera", "--source", str(clip), "--gallery", str(gallery), "--json"]
+    args = ["camera", "--source", str(clip), "--gallery", str(gallery), "--json", "--threads", "1"]
     result = CliRunner().invoke(main, [*args, "--output", str(out), "--no-display"])
     assert result.exit_code == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]

@@ -395,6 +395,12 @@ def demo(out_dir: Path | None, model: str | None) -> None:
     help="Re-embeddings of already-named faces per frame (new faces are always embedded).",
 )
 @click.option("--max-frames", type=int, default=None, help="Stop after this many frames.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPU threads per model (default: the models' own; lower it beside other work).",
+)
 def camera(
     source: str,
     gallery_dir: Path | None,
@@ -408,12 +414,13 @@ def camera(
     votes: int,
     max_refresh: int,
     max_frames: int | None,
+    threads: int | None,
 ) -> None:
     """The camera loop: track faces, name them, report events; runs until the source ends,
     q/Esc in the window, Ctrl-C or SIGTERM. Live sources are reopened when they drop."""
     from maskid.camera import CameraOptions, run_camera
 
-    rec = _recognizer(gallery_dir, model, threshold=threshold)
+    rec = _recognizer(gallery_dir, model, threshold=threshold, threads=threads)
     options = CameraOptions(
         detect_every=detect_every,
         embed_every=embed_every,

@@ -75,6 +75,7 @@ class Recognizer:
         model: str | None = None,
         threshold: float | None = None,
         mask_copies: int | None = None,
+        threads: int | None = None,
     ) -> None:
         from maskid import models
         from maskid.paths import default_gallery_dir
@@ -83,6 +84,7 @@ class Recognizer:
         self.model_name = model or models.DEFAULT_MODEL
         self._threshold = threshold
         self._mask_copies = mask_copies
+        self.threads = threads  # CPU threads per model (None: each model's default)
         self._detector: Detector | None = None
         self._embedder: Embedder | None = None
         self._gallery: Gallery | None = None
@@ -93,7 +95,7 @@ class Recognizer:
         if self._detector is None:
             from maskid.detect import Detector
 
-            self._detector = Detector()
+            self._detector = Detector() if self.threads is None else Detector(threads=self.threads)
         return self._detector
 
     @property
@@ -101,7 +103,7 @@ class Recognizer:
         if self._embedder is None:
             from maskid.embedder import Embedder
 
-            self._embedder = Embedder(self.model_name)
+            self._embedder = Embedder(self.model_name, threads=self.threads)
         return self._embedder
 
     @property
