@@ -53,11 +53,12 @@ def annotate(
             label = f"{labels[i]} {label}"
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
         ty = y1 - 4 if y1 - th - base - 4 > 0 else y2 + th + 4
-        cv2.rectangle(out, (x1, ty - th - base), (x1 + tw + 4, ty + base), color, -1)
+        lx = max(0, min(x1, out.shape[1] - tw - 4))  # keep the label inside the picture
+        cv2.rectangle(out, (lx, ty - th - base), (lx + tw + 4, ty + base), color, -1)
         cv2.putText(
             out,
             label,
-            (x1 + 2, ty),
+            (lx + 2, ty),
             cv2.FONT_HERSHEY_SIMPLEX,
             font,
             (255, 255, 255),
