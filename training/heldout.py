@@ -25,6 +25,7 @@ import argparse
 import itertools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,11 @@ def evaluate(
     threshold: float | None = None,
     mirror_enroll: bool = False,
     scores_out: list[np.ndarray] | None = None,
+    head: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float | int]:
+    """One protocol's report; `head` maps (n, 256) unit fused descriptors to the descriptors
+    compared (e.g. `training/metric_head.py`'s linear head), enrollment and probes alike."""
+    h = head if head is not None else (lambda v: v)
     names = sorted({c.idents[i] for i in enroll})
     index = {n: j for j, n in enumerate(names)}
     vecs, owner = [], []
@@ -108,16 +113,17 @@ def evaluate(
         b = np.concatenate(block)
         if np.isnan(b).any():
             continue  # no usable face: this photo adds nothing (maskid eval's rule)
-        vecs.append(descriptors(b, weight, flip))
+        vecs.append(h(descriptors(b, weight, flip)))
         owner += [index[c.idents[i]]] * len(b)
         if mirror_enroll:  # the mirrored views as extra gallery entries (probe: plain chip)
-            vecs.append(descriptors(b, weight, False, view=1))
+            vecs.append(h(descriptors(b, weight, False, view=1)))
             owner += [index[c.idents[i]]] * len(b)
     gallery = np.concatenate(vecs)
     pd = c.desc[probes]
     no_face = np.isnan(pd).any(axis=(1, 2, 3))
     q = descriptors(np.nan_to_num(pd), weight, flip) if len(pd) else pd
-    q = np.nan_to_num(q)
+    q = np.nan_to_num(h(np.nan_to_num(q))) if len(pd) else q
+    q[no_face] = 0.0
     scores = aggregate(q @ gallery.T, np.asarray(owner), len(names), how)
     truth = np.array([index.get(c.idents[i], -1) for i in probes])
     if scores_out is not None:
@@ -161,7 +167,7 @@ def run(c: Cache, prot: tuple[list[int], list[int]], cfg: Config) -> list[np.nda
     evaluate(
         c, *prot, float(cfg["weight"]), bool(cfg["flip"]), int(cfg["copies"]),  # type: ignore[arg-type]
         str(cfg["policy"]), str(cfg["agg"]), mirror_enroll=bool(cfg.get("mirror_enroll")),
-        scores_out=out,
+        scores_out=out, head=cfg.get("head"),  # type: ignore[arg-type]
     )  # fmt: skip
     return out
 
