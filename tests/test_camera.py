@@ -29,7 +29,7 @@ from maskid.errors import UsageError
 from maskid.face import Face
 from maskid.imageio import load_image
 from maskid.recognizer import Recognizer
-from maskid.sources import Status, has_gstreamer, open_source
+from maskid.sources import Status, camera_options, csi_pipeline, has_gstreamer, open_source
 from maskid.tracker import IouTracker, Track, iou
 
 PEOPLE = ("Colin_Powell", "Hugo_Chavez")
@@ -108,6 +108,37 @@ def test_bad_uris(uri: str) -> None:
 def test_gstreamer_sources_say_what_is_missing(uri: str) -> None:
     with pytest.raises(UsageError, match="GStreamer"):
         open_source(uri)
+
+
+def test_camera_options_in_the_uri() -> None:
+    assert camera_options("csi://0", "width=1920&height=1080&fps=60&flip=2") == {
+        "width": 1920,
+        "height": 1080,
+        "fps": 60,
+        "flip": 2,
+    }
+    pipeline = csi_pipeline(1, width=1920, height=1080, flip=2)
+    assert "sensor-id=1" in pipeline and "width=1920, height=1080" in pipeline
+    assert "flip-method=2" in pipeline and pipeline.endswith("appsink drop=true max-buffers=1")
+    for uri in (
+        "0?exposure=3",
+        "0?width=0",
+        "0?width=wide",
+        "/dev/video0?flip=1",
+        "csi://0?flip=9",
+    ):
+        with pytest.raises(UsageError):
+            open_source(uri)
+
+
+@pytest.mark.skipif(Path("/dev/video0").exists(), reason="this machine has a camera")
+def test_missing_camera_is_a_usage_error_or_waits_with_reconnect() -> None:
+    with pytest.raises(UsageError, match="cannot open"):
+        open_source("0?width=640&height=480")
+    notices: list[str] = []
+    with open_source("/dev/video0", reconnect=True, notify=notices.append) as src:
+        assert src.capture(timeout=0.1) == (Status.TIMEOUT, None)
+    assert notices and "retrying in 0.5 s" in notices[0]
 
 
 def _free_port() -> int:

@@ -2,6 +2,7 @@
 
     0, /dev/video0, v4l2:///dev/video0   USB/V4L2 camera
     csi://0                  MIPI CSI camera on a Jetson (GStreamer nvarguscamerasrc)
+    (cameras take ?width=1280&height=720&fps=30, and CSI also &flip=0..7)
     rtsp://host/stream       network stream (also rtsps://, rtmp://, http://, https://, udp://)
     "videotestsrc ! ... ! appsink"   a raw GStreamer pipeline (anything containing " ! ")
     file:///path/clip.mp4    video file (also a bare path)
@@ -23,9 +24,9 @@ import enum
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import cv2
 import numpy as np
@@ -175,9 +176,12 @@ class _LiveSource(VideoSource):
         params: list[int],
         stall_s: float = 5.0,
         max_misses: int = 25,
+        settings: Sequence[tuple[int, float]] = (),
     ) -> None:
         super().__init__(uri, kind)
         self._cap = _open_capture(uri, target, api, params)
+        for prop, value in settings:  # a camera's size and rate (it may pick the nearest)
+            self._cap.set(prop, value)
         self._stall_s = stall_s
         self._max_misses = max_misses
         self._cond = threading.Condition()
@@ -353,10 +357,34 @@ def has_gstreamer() -> bool:
     return False
 
 
-def _csi_pipeline(sensor: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
+CAMERA_OPTIONS = ("width", "height", "fps", "flip")
+
+
+def camera_options(uri: str, query: str) -> dict[str, int]:
+    """`?width=1280&height=720&fps=30&flip=2` of a camera URI (flip: nvvidconv's flip-method,
+    CSI only), as non-negative integers; UsageError on anything else."""
+    options: dict[str, int] = {}
+    for key, values in parse_qs(query, keep_blank_values=True).items():
+        if key not in CAMERA_OPTIONS:
+            raise UsageError(
+                f"unknown camera option {key!r} in {uri!r} (known: {', '.join(CAMERA_OPTIONS)})"
+            )
+        value = values[-1]
+        if not value.isdigit() or (key != "flip" and int(value) == 0):
+            raise UsageError(f"camera option {key}={value!r} in {uri!r} is not a valid number")
+        options[key] = int(value)
+    if options.get("flip", 0) > 7:
+        raise UsageError(f"flip must be 0..7 (nvvidconv flip-method) in {uri!r}")
+    return options
+
+
+def csi_pipeline(
+    sensor: int, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0
+) -> str:
     return (
         f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM), width={width}, "
-        f"height={height}, framerate={fps}/1 ! nvvidconv ! video/x-raw, format=BGRx ! "
+        f"height={height}, framerate={fps}/1 ! nvvidconv flip-method={flip} ! "
+        "video/x-raw, format=BGRx ! "
         "videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1"
     )
 
@@ -410,9 +438,15 @@ def _live_spec(text: str, stall_s: float) -> tuple[str, Callable[[], VideoSource
     scheme = parsed.scheme.lower() if len(parsed.scheme) > 1 else ""  # "C:" is not a scheme
 
     def live(
-        kind: str, target: str | int, api: int, params: list[int] | None = None
+        kind: str,
+        target: str | int,
+        api: int,
+        params: list[int] | None = None,
+        settings: Sequence[tuple[int, float]] = (),
     ) -> tuple[str, Callable[[], VideoSource]]:
-        return kind, lambda: _LiveSource(text, kind, target, api, params or [], stall_s)
+        return kind, lambda: _LiveSource(
+            text, kind, target, api, params or [], stall_s, settings=settings
+        )
 
     if " ! " in text:
         _need_gstreamer(text)
@@ -421,11 +455,19 @@ def _live_spec(text: str, stall_s: float) -> tuple[str, Callable[[], VideoSource
         sensor = (parsed.netloc or parsed.path.strip("/")) or "0"
         if not sensor.isdigit():
             raise UsageError(f"bad CSI camera URI {text!r} (expected csi://0)")
+        options = camera_options(text, parsed.query)
         _need_gstreamer(text)
-        return live("csi", _csi_pipeline(int(sensor)), cv2.CAP_GSTREAMER)
-    if scheme == "v4l2" or (not scheme and text.startswith("/dev/video")) or text.isdigit():
-        device: str | int = int(text) if text.isdigit() else (parsed.path or text)
-        return live("v4l2", device, cv2.CAP_V4L2)
+        return live("csi", csi_pipeline(int(sensor), **options), cv2.CAP_GSTREAMER)
+    index = not scheme and parsed.path.isdigit()
+    if scheme == "v4l2" or (not scheme and parsed.path.startswith("/dev/video")) or index:
+        options = camera_options(text, parsed.query)
+        if "flip" in options:
+            raise UsageError(f"flip is a CSI camera option, not one of {text!r}")
+        props = {"width": cv2.CAP_PROP_FRAME_WIDTH, "height": cv2.CAP_PROP_FRAME_HEIGHT}
+        props["fps"] = cv2.CAP_PROP_FPS
+        settings = [(props[k], float(v)) for k, v in options.items()]
+        device: str | int = int(parsed.path) if index else parsed.path
+        return live("v4l2", device, cv2.CAP_V4L2, settings=settings)
     if scheme in ("rtsp", "rtsps", "rtmp", "http", "https", "udp"):
         # FFmpeg's own timeouts, so a dead host does not block an open or a read for minutes.
         ms = max(1000, int(stall_s * 1000))
