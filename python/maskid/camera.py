@@ -130,7 +130,7 @@ class FacePipeline:
         return FrameResult(index, visible, events, timings, detected, len(due))
 
     def finish(self, index: int) -> list[dict[str, Any]]:
-        """ "lost" events for the tracks still open when the stream ends."""
+        """The "lost" events of the tracks still open when the stream ends."""
         events = [self._event("lost", t, index) for t in self.tracker.tracks if t.reported]
         self.tracker.tracks = []
         return events
