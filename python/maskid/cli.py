@@ -29,7 +29,7 @@ gallery_option = click.option(
 model_option = click.option(
     "--model",
     default=None,
-    help="Embedder name or .onnx path (`maskid models` lists them; default: the shipped one).",
+    help="Embedder name, .onnx path or TensorRT .engine (`maskid models` lists names; default: the shipped one).",
 )
 
 
