@@ -29,7 +29,8 @@ gallery_option = click.option(
 model_option = click.option(
     "--model",
     default=None,
-    help="Embedder name, .onnx path or TensorRT .engine (`maskid models` lists names; default: the shipped one).",
+    help="Embedder name, .onnx file or TensorRT .engine (`maskid models` lists the names; "
+    "default: the shipped one).",
 )
 
 
