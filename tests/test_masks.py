@@ -12,6 +12,7 @@ from maskid.masks import (
     anchors_from_68,
     apply_mask,
     available_styles,
+    cover_anchors,
     face_anchors,
     fit_anchor_regression,
     head_yaw,
@@ -193,3 +194,46 @@ def test_placement_regression_generalises(
     assert held_out[:, 1].mean() < 0.05  # the nose bridge is pinned by the eyes and nose
     shipped = errors(None, np.ones(len(p5), bool))
     assert shipped.mean() < 0.1
+
+
+def test_cover_anchors_raise_and_widen() -> None:
+    l5 = np.array([[40.0, 50.0], [80.0, 52.0], [61.0, 72.0], [45.0, 90.0], [77.0, 91.0]])
+    base = face_anchors(l5)
+    assert np.array_equal(cover_anchors(base, l5), base)
+    nose_drop = 20.0  # nose tip below the eye midpoint, perpendicular to the eye axis (~)
+    up = cover_anchors(base, l5, raise_top=0.3)
+    shift = (base - up) @ np.array([0.05, 1.0]) / np.hypot(0.05, 1.0)  # along the face's "up"
+    assert np.allclose(shift[:3], 0.3 * nose_drop, rtol=0.05)  # top anchors a, b, c move up
+    assert np.allclose(up[3:], base[3:])  # jaw and chin stay
+    wide = cover_anchors(base, l5, widen=0.1)
+    span = lambda a: np.linalg.norm(a[2] - a[0])  # noqa: E731
+    assert span(wide) == pytest.approx(1.1 * span(base), rel=1e-3)
+    assert np.allclose(wide[[1, 4]], base[[1, 4]])  # the centre line stays
+    for bad in ({"raise_top": -0.1}, {"widen": 1.5}, {"raise_top": float("nan")}):
+        with pytest.raises(ValueError):
+            cover_anchors(base, l5, **bad)
+
+
+def _top_edge(alpha: np.ndarray, l5: np.ndarray) -> float:
+    """Where the mask starts on the segment eye midpoint -> nose tip (0 = eyes, 1 = nose tip)."""
+    mid = (l5[0] + l5[1]) / 2
+    ts = np.linspace(0, 1, 101)
+    covered = [t for t in ts if _at(alpha, mid + t * (l5[2] - mid)) > 0.5]
+    return float(min(covered, default=1.0))
+
+
+def test_raised_mask_covers_more_of_the_nose_not_the_eyes(
+    faces: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    for i, (img, l5) in enumerate(faces):
+        for style in ("surgical", "poly_cloth"):
+            _, fitted = apply_mask(img, l5, np.random.default_rng(i), style, return_alpha=True)
+            _, high = apply_mask(
+                img, l5, np.random.default_rng(i), style, raise_top=0.15, widen=0.1,
+                return_alpha=True,
+            )  # fmt: skip
+            assert high.sum() > 1.1 * fitted.sum(), (style, i)
+            # the mask's top edge on the line from the eye midpoint to the nose tip moves up
+            assert _top_edge(high, l5) < _top_edge(fitted, l5) - 0.07, (style, i)
+            for eye in l5[:2]:
+                assert _at(high, eye) < 0.05, (style, i)

@@ -56,3 +56,39 @@ def test_python_api_enroll_then_recognize(lfw10: Path, tmp_path: Path) -> None:
     assert (face.identity is None) == (face.matches[0].score < rec.threshold)
     (loose,) = Recognizer(tmp_path / "gallery", threshold=0.5).recognize(probe)
     assert loose.identity == "Hugo_Chavez"
+
+
+def test_enrolled_masked_copies_are_aligned_from_a_detection_on_the_masked_image(
+    m2fred: Path, tmp_path: Path
+) -> None:
+    """Issue 5: a masked copy is aligned as a real masked probe is (landmarks found on the masked
+    face), not with the unmasked photo's chip transform."""
+    from maskid import recognizer
+    from maskid.align import chip_transform
+    from maskid.masks import apply_mask
+
+    assert recognizer.COPY_REDETECT
+    rec = Recognizer(tmp_path / "g", mask_copies=2)
+    moved = 0
+    for path in sorted(m2fred.glob("*/1-0-0.png"))[:4]:
+        face, context = rec.enroll_face(load_image(path))
+        assert face.chip_transform is not None
+        seed = 1234
+        vectors = rec._enrollment_vectors(context, face, seed)
+        assert vectors.shape == (3, rec.embedder.dim)
+        rng = np.random.default_rng(seed)
+        for k in range(2):
+            masked = apply_mask(
+                context, face.landmarks, rng=rng,
+                raise_top=recognizer.COPY_RAISE_TOP, widen=recognizer.COPY_WIDEN,
+            )  # fmt: skip
+            found = [
+                f for f in rec.detector.detect(masked) if recognizer._iou(f.box, face.box) > 0.4
+            ]
+            assert found, path  # the detector finds the synthetically masked face
+            t = chip_transform(max(found, key=lambda f: recognizer._iou(f.box, face.box)).landmarks)
+            assert np.allclose(rec._copy_transform(masked, face), t)
+            moved += not np.allclose(t, face.chip_transform, atol=0.05)
+            expected = rec.embedder.embed_image(masked, [t])[0]
+            assert np.allclose(vectors[1 + k], expected, atol=1e-5)
+    assert moved >= 6  # on real photos the masked face's landmarks differ from the unmasked ones

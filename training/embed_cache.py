@@ -26,6 +26,7 @@ from maskid.chip import chip_source
 from maskid.detect import Detector
 from maskid.embedder import Embedder
 from maskid.errors import MaskidError
+from maskid.face import Face
 from maskid.masks import apply_mask, available_styles
 from maskid.models import EYES_MODEL, sha256_file
 from maskid.paths import shared_data_dir
@@ -33,11 +34,25 @@ from maskid.preprocess import warp_batch
 from maskid.recognizer import Recognizer, identity_images
 
 # Copy policies: how the k-th synthetic masked copy of an enrollment photo is drawn.
-#  random:   the product's (recognizer._enrollment_vectors): one rng seeded by the photo's hash,
-#            random style/colour per copy; copy k of n is the same for every n (nested).
+#  random:   the product's default draw before issue 5's coverage/alignment study: one rng
+#            seeded by the photo's hash, random style/colour per copy, fitted placement, embedded
+#            with the unmasked photo's chip transform; copy k of n is the same for every n.
 #  distinct: the styles in a per-photo random order (no style twice before all were used).
 #  jitter:   as random, with placement jitter 0.06 inter-ocular distances.
+#  redetect: as random, but the copy is aligned from a detection on the masked image, as a real
+#            masked probe is (`Recognizer._copy_transform`)  -- variant A.
+#  raise<R>[_wide<W>]: as random, the mask worn higher/wider (`apply_mask(raise_top=R/100,
+#            widen=W/100)`)  -- variant B; `redetect_raise...`: A + B.
+# Every policy draws the same styles/colours for a photo (same seed, same draws), so they pair.
 POLICIES = ("random", "distinct", "jitter")
+PLACEMENTS = {"raise15": (0.15, 0.0), "raise30": (0.30, 0.0), "raise15_wide10": (0.15, 0.10),
+              "raise30_wide10": (0.30, 0.10), "wide10": (0.0, 0.10)}  # fmt: skip
+ALL_POLICIES = (
+    *POLICIES,
+    "redetect",
+    *PLACEMENTS,
+    *(f"redetect_{k}" for k in PLACEMENTS),
+)
 
 
 def _branches(emb: Embedder, image: np.ndarray, transform: np.ndarray) -> np.ndarray:
@@ -53,20 +68,30 @@ def _branches(emb: Embedder, image: np.ndarray, transform: np.ndarray) -> np.nda
 
 
 def _copies(
-    emb: Embedder, image: np.ndarray, face_landmarks: np.ndarray, transform: np.ndarray,
-    seed: int, n: int, policy: str,
+    rec: Recognizer, image: np.ndarray, face: Face, seed: int, n: int, policy: str,
+    seconds: dict[str, float] | None = None,
 ) -> np.ndarray:  # fmt: skip
+    emb = rec.embedder
     rng = np.random.default_rng(seed)
     styles = available_styles()
     order = [styles[i] for i in rng.permutation(len(styles))] if policy == "distinct" else []
+    redetect = policy.startswith("redetect")
+    raise_top, widen = PLACEMENTS.get(policy.removeprefix("redetect_"), (0.0, 0.0))
+    assert face.chip_transform is not None
     out = []
+    t0 = time.perf_counter()
     for k in range(n):
         if policy == "distinct":
-            masked = apply_mask(image, face_landmarks, rng=rng, style=order[k % len(order)])
+            masked = apply_mask(image, face.landmarks, rng=rng, style=order[k % len(order)])
         else:
             jitter = 0.06 if policy == "jitter" else 0.0
-            masked = apply_mask(image, face_landmarks, rng=rng, jitter=jitter)
-        out.append(_branches(emb, masked, transform))
+            masked = apply_mask(
+                image, face.landmarks, rng=rng, jitter=jitter, raise_top=raise_top, widen=widen
+            )
+        t = rec._copy_transform(masked, face) if redetect else face.chip_transform
+        out.append(_branches(emb, masked, t))
+    if seconds is not None:
+        seconds[policy] = seconds.get(policy, 0.0) + time.perf_counter() - t0
     return np.stack(out)
 
 
@@ -75,7 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--copies", type=int, default=9, help="masked copies per policy and photo")
     ap.add_argument("--model", default=EYES_MODEL)
+    ap.add_argument(
+        "--salt",
+        type=int,
+        default=0,
+        help="added to every photo's copy seed: another draw of styles/colours (0: the product's)",
+    )
+    ap.add_argument(
+        "--policies", default=",".join(POLICIES), help=f"comma-separated, of {ALL_POLICIES}"
+    )
     args = ap.parse_args(argv)
+    policies = [p for p in args.policies.split(",") if p]
+    if not policies or any(p not in ALL_POLICIES for p in policies):
+        ap.error(f"--policies: choose from {ALL_POLICIES}")
     cv2.setNumThreads(1)
     data = shared_data_dir()
     if data is None:
@@ -92,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     idents: list[str] = []
     kinds: list[str] = []  # m2fred-enroll | m2fred-probe | m2fred-other | lfw-enroll | lfw-probe...
     desc: list[np.ndarray] = []  # (2, 2, 128); NaN where no face
-    copies: dict[str, list[np.ndarray]] = {p: [] for p in POLICIES}  # per image (n, 2, 2, 128)
+    copies: dict[str, list[np.ndarray]] = {p: [] for p in policies}
+    # per image (n, 2, 2, 128); seconds per policy: drawing + aligning + embedding its copies
+    seconds: dict[str, float] = {}
     nan = np.full((2, 2, 128), np.nan, np.float32)
     nan_copies = np.full((args.copies, 2, 2, 128), np.nan, np.float32)
 
@@ -101,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         idents.append(ident)
         kinds.append(kind)
         desc.append(d)
-        for p in POLICIES:
+        for p in policies:
             copies[p].append(c.get(p, nan_copies))
 
     def enroll_row(name: str, ident: str, kind: str, img: np.ndarray, seed: int) -> None:
@@ -112,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             return
         t = face.chip_transform
         assert t is not None
-        c = {p: _copies(emb, context, face.landmarks, t, seed, args.copies, p) for p in POLICIES}
+        c = {
+            p: _copies(rec, context, face, seed + args.salt, args.copies, p, seconds)
+            for p in policies
+        }
         add(name, ident, kind, _branches(emb, context, t), c)
 
     def probe_row(name: str, ident: str, kind: str, img: np.ndarray) -> None:
@@ -165,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         kinds=np.array(kinds),
         desc=np.stack(desc),
         model_id=np.array(emb.model_id),
-        **{f"copies_{p}": np.stack(copies[p]) for p in POLICIES},
+        **{f"copies_{p}": np.stack(copies[p]) for p in policies},
+        **{f"seconds_{p}": np.array(v) for p, v in seconds.items()},
     )
+    n_enroll = sum(k.endswith("enroll") for k in kinds)
+    for p, v in seconds.items():
+        print(f"  {p}: {1000 * v / n_enroll / args.copies:.1f} ms per copy", file=sys.stderr)
     print(f"wrote {args.out}")
     return 0
 

@@ -70,13 +70,29 @@ def aggregate(sims: np.ndarray, owner: np.ndarray, n_ids: int, how: str) -> np.n
 
 
 class Cache:
-    def __init__(self, path: Path) -> None:
+    """One or more caches of the same faces (same rows), their copy policies merged."""
+
+    def __init__(self, path: Path, *more: Path) -> None:
         z = np.load(path)
         self.names = z["names"].tolist()
         self.idents = z["idents"].tolist()
         self.kinds = z["kinds"].tolist()
         self.desc = z["desc"]
+        self.model_id = str(z["model_id"])
         self.copies = {k[len("copies_") :]: z[k] for k in z.files if k.startswith("copies_")}
+        self.seconds = {
+            k[len("seconds_") :]: float(z[k]) for k in z.files if k.startswith("seconds_")
+        }
+        for extra in more:
+            y = np.load(extra)
+            if y["names"].tolist() != self.names or str(y["model_id"]) != self.model_id:
+                raise ValueError(f"{extra}: not a cache of the same faces and model as {path}")
+            if not np.allclose(y["desc"], self.desc, equal_nan=True, atol=1e-5):
+                raise ValueError(f"{extra}: different descriptors for the same faces")
+            self.copies |= {k[len("copies_") :]: y[k] for k in y.files if k.startswith("copies_")}
+            self.seconds |= {
+                k[len("seconds_") :]: float(y[k]) for k in y.files if k.startswith("seconds_")
+            }
 
     def rows(self, kind: str, ids: set[str] | None = None, suffix: str = "") -> list[int]:
         return [
@@ -162,6 +178,34 @@ CANDIDATES: dict[str, Config] = {
 }
 
 
+def available(c: Cache, cfg: Config) -> bool:
+    """Whether the cache holds what `cfg` needs (its policy, enough copies)."""
+    policy = str(cfg["policy"])
+    return policy in c.copies and int(cfg["copies"]) <= c.copies[policy].shape[1]  # type: ignore[call-overload]
+
+
+def copy_similarity(c: Cache) -> dict[str, float]:
+    """How far a mask moves the fused descriptor (w=1, plain chip), as cosine to the unmasked
+    photo's: per copy policy over M2FRED's enrollment photos, and for M2FRED's real masked photo of
+    the same session (the target a synthetic copy should imitate)."""
+    enroll = c.rows("m2fred-enroll")
+    out: dict[str, float] = {}
+    base = descriptors(c.desc[enroll], 1.0, False)
+    for p, cp in c.copies.items():
+        d = descriptors(cp[enroll], 1.0, False)  # (n, copies, 256)
+        out[p] = float(np.nanmean(np.einsum("nd,nkd->nk", base, d)))
+    key = {c.names[i].removesuffix("-0-0.png"): i for i in enroll}
+    pairs = [
+        (key[c.names[i].removesuffix("-1-0.png")], i)
+        for i in c.rows("m2fred-probe")
+        if c.names[i].removesuffix("-1-0.png") in key
+    ]
+    a = descriptors(c.desc[[e for e, _ in pairs]], 1.0, False)
+    b = descriptors(c.desc[[q for _, q in pairs]], 1.0, False)
+    out["real mask (same session)"] = float(np.nanmean((a * b).sum(-1)))
+    return out
+
+
 def run(c: Cache, prot: tuple[list[int], list[int]], cfg: Config) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     evaluate(
@@ -199,13 +243,13 @@ def bootstrap(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cache", type=Path)
+    ap.add_argument("cache", type=Path, nargs="+", help="one cache, or several of the same faces")
     ap.add_argument("--json", type=Path, help="default, split and bootstrap deltas")
     ap.add_argument("--csv", type=Path, help="the whole grid, one configuration a line")
     ap.add_argument("--bootstrap", type=int, default=300, help="identity resamples (0: skip)")
     args = ap.parse_args(argv)
     np.seterr(invalid="ignore", divide="ignore")  # probes without a face are NaN rows
-    c = Cache(args.cache)
+    c = Cache(*args.cache)
     lfw = (c.rows("lfw-enroll"), c.rows("lfw-probe"))
     lfw_clean = (c.rows("lfw-enroll"), c.rows("lfw-probe-unmasked"))
     halves = {h: protocols(c, h) for h in ("dev", "test", "all")}
@@ -215,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     for weight, flip, copies, policy, how in itertools.product(
         (0.0, 0.7, 0.85, 1.0, 1.2, 1.5),  # 0.0: dlib's descriptor alone
         (False, True),
-        sorted({0, 2, 3, 6, max_copies}),
+        sorted({k for k in (0, 2, 3, 6, max_copies) if k <= max_copies}),
         tuple(c.copies),
         ("max", "top2"),
     ):
@@ -258,14 +302,21 @@ def main(argv: list[str] | None = None) -> int:
     for r in sorted(grid, key=lambda r: -(r["dev"]["tar"] + r["dev"]["rank1"])):  # type: ignore[index]
         print(fmt(r))
 
+    sims = copy_similarity(c)
+    print("\nmean cosine of a masked view to the unmasked photo (fused, w=1):")
+    for p, v in sims.items():
+        print(f"  {p:<28} {v:.4f}")
     boot: dict[str, dict[str, object]] = {}
     if args.bootstrap:
         print("\ncandidate - default (w=1, no flip, 3 random copies, max): delta [5%, 95%] over "
               f"{args.bootstrap} identity resamples; masked rank-1 / TAR@1e-3, control rank-1")  # fmt: skip
         sets = {**{h: halves[h]["masked"] for h in halves}, "lfw": lfw}
         sets |= {f"control_{h}": halves[h]["control"] for h in ("dev", "test")}
-        for name, change in CANDIDATES.items():
+        candidates = {**CANDIDATES, **{f"copies: {p}": {"policy": p} for p in c.copies}}
+        for name, change in candidates.items():
             cand = {**DEFAULT, **change}
+            if not available(c, cand) or cand == DEFAULT:
+                continue
             boot[name] = {"config": cand}
             line = []
             for h, prot in sets.items():
@@ -279,8 +330,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}:\n    " + "\n    ".join(line))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        n_enroll = sum(k.endswith("enroll") for k in c.kinds)
         doc = {
-            "cache_model": str(np.load(args.cache)["model_id"]),
+            "cache_model": c.model_id,
+            "copy_vs_unmasked_cos": sims,
+            "copy_ms": {p: 1000 * v / n_enroll / max_copies for p, v in sorted(c.seconds.items())},
+            "policies_at_default": {
+                str(r["policy"]): {h: r[h] for h in ("dev", "test", "all", "lfw")}
+                | {"lfw_unmasked_rank1": r["lfw_unmasked_rank1"]}
+                for r in grid
+                if all(r[k] == v for k, v in DEFAULT.items() if k != "policy")
+            },
             "split": "M2FRED identities sorted; dev = even positions, test = odd",
             "default": DEFAULT,
             "bootstrap": boot,

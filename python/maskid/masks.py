@@ -106,6 +106,34 @@ def face_anchors(landmarks5: np.ndarray, coef: np.ndarray | None = None) -> np.n
     return pred * iod @ axes + origin
 
 
+def cover_anchors(
+    anchors: np.ndarray, landmarks5: np.ndarray, raise_top: float = 0.0, widen: float = 0.0
+) -> np.ndarray:
+    """Anchors a..f moved for a mask worn higher and wider than `face_anchors` places it.
+
+    raise_top: the top anchors (a, b, c) move towards the eye line by this fraction of the
+        eye-midpoint-to-nose-tip distance (perpendicular to the eye axis).
+    widen: the side anchors (a, c, d, f) move away from the face's centre line (through b and
+        e) by this fraction of their distance to it, along the eye axis.
+    """
+    pts = _check_landmarks(landmarks5)
+    if not (np.isfinite(raise_top) and 0.0 <= raise_top <= 1.0):
+        raise ValueError(f"raise_top must be in [0, 1], got {raise_top}")
+    if not (np.isfinite(widen) and 0.0 <= widen <= 1.0):
+        raise ValueError(f"widen must be in [0, 1], got {widen}")
+    if raise_top == 0.0 and widen == 0.0:
+        return np.asarray(anchors, dtype=np.float64)
+    origin, axes, iod = _eye_frame(pts)
+    norm = ((np.asarray(anchors, dtype=np.float64) - origin) @ axes.T) / iod
+    nose_v = max(float(((pts[2] - origin) @ axes.T)[1]) / iod, 0.0)
+    norm[:3, 1] -= raise_top * nose_v
+    centre_u = (norm[1, 0] + norm[4, 0]) / 2
+    sides = [0, 2, 3, 5]
+    norm[sides, 0] = centre_u + (norm[sides, 0] - centre_u) * (1.0 + widen)
+    out: np.ndarray = norm * iod @ axes + origin
+    return out
+
+
 def head_yaw(landmarks5: np.ndarray) -> float:
     """Signed yaw proxy: the nose tip's offset from the eye midpoint along the eye axis, in
     inter-ocular distances. Positive when the nose points towards larger image x."""
@@ -521,6 +549,8 @@ def apply_mask(
     style: str | None = None,
     jitter: float = 0.0,
     *,
+    raise_top: float = 0.0,
+    widen: float = 0.0,
     return_alpha: Literal[False] = False,
 ) -> np.ndarray: ...
 
@@ -533,6 +563,8 @@ def apply_mask(
     style: str | None = None,
     jitter: float = 0.0,
     *,
+    raise_top: float = 0.0,
+    widen: float = 0.0,
     return_alpha: Literal[True],
 ) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -544,6 +576,8 @@ def apply_mask(
     style: str | None = None,
     jitter: float = 0.0,
     *,
+    raise_top: float = 0.0,
+    widen: float = 0.0,
     return_alpha: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Return a copy of `image_rgb` with a face mask drawn on the face at `landmarks5`.
@@ -554,6 +588,8 @@ def apply_mask(
     style: one of `available_styles()`, or None for a random one.
     jitter: placement noise as a fraction of the inter-ocular distance (0 = exact; ~0.05-0.1 for
         augmentation).
+    raise_top, widen: a mask worn higher on the nose / wider on the cheeks than the fitted
+        placement (`cover_anchors`); 0 = the placement fitted on real faces.
     return_alpha: also return the (H, W) float32 coverage of the mask in [0, 1].
     """
     image = np.asarray(image_rgb)
@@ -571,7 +607,7 @@ def apply_mask(
     if style is None:
         style = styles[int(rng.integers(len(styles)))]
 
-    anchors = face_anchors(pts)
+    anchors = cover_anchors(face_anchors(pts), pts, raise_top, widen)
     iod = float(np.linalg.norm(pts[1] - pts[0]))
     if jitter > 0:
         centre = anchors.mean(axis=0)

@@ -28,7 +28,7 @@ DEFAULT_MODEL = EYES_MODEL
 # sorted identities, benchmarks/accuracy.py; masked copies to enroll); "*" applies to unknown
 # .onnx files.
 MODEL_SETTINGS: dict[str, dict[str, float | int]] = {
-    DLIB_MODEL: {"threshold": 0.970, "enroll_mask_copies": 3},
+    DLIB_MODEL: {"threshold": 0.966, "enroll_mask_copies": 3},
     EYES_MODEL: {"threshold": 0.963, "enroll_mask_copies": 3},
     EYES_FLIP_MODEL: {"threshold": 0.968, "enroll_mask_copies": 3},
     "*": {"threshold": 0.80, "enroll_mask_copies": 0},

@@ -30,6 +30,14 @@ ImageInput = str | Path | np.ndarray
 # Images whose shorter side is at most this many pixels are treated as tight face crops.
 SMALL_IMAGE = 400
 
+# Enrollment's synthetically masked copies (see `Recognizer._enrollment_vectors`): where the mask
+# sits (`maskid.masks.apply_mask`'s raise_top/widen), and whether a copy is aligned from a
+# detection on the masked image (as a real masked probe is) or with the unmasked photo's chip.
+COPY_RAISE_TOP = 0.0
+COPY_WIDEN = 0.0
+COPY_REDETECT = True
+COPY_MIN_IOU = 0.4
+
 
 def identity_images(root: Path, pattern: str = "*") -> list[tuple[str, Path]]:
     """(identity, image path) for every image matching `pattern` in root/<identity>/."""
@@ -219,9 +227,29 @@ class Recognizer:
             # Random styles/colours, seeded by the photo so a re-run enrolls the same copies.
             rng = np.random.default_rng(seed)
             for _ in range(self.mask_copies):
-                m = apply_mask(image, face.landmarks, rng=rng)
-                vectors.append(self.embedder.embed_image(m, [transform])[0])
+                m = apply_mask(
+                    image, face.landmarks, rng=rng, raise_top=COPY_RAISE_TOP, widen=COPY_WIDEN
+                )
+                t = self._copy_transform(m, face) if COPY_REDETECT else transform
+                vectors.append(self.embedder.embed_image(m, [t])[0])
         return np.stack(vectors)
+
+    def _copy_transform(self, masked: np.ndarray, face: Face) -> np.ndarray:
+        """The chip transform of a synthetically masked copy of `face`, aligned as a real masked
+        probe is: from the landmarks the detector finds on the masked image (the detection whose
+        box overlaps `face.box` most, IoU >= `COPY_MIN_IOU`); `face`'s own transform if none.
+
+        `masked` is in the coordinates `face` was detected in (`enroll_face`'s context image,
+        already bordered for a tight crop, as a probe's image is before detection)."""
+        from maskid.align import chip_transform
+
+        assert face.chip_transform is not None
+        best, best_iou = None, COPY_MIN_IOU
+        for f in self.detector.detect(masked):
+            iou = _iou(f.box, face.box)
+            if iou >= best_iou:
+                best, best_iou = f, iou
+        return face.chip_transform if best is None else chip_transform(best.landmarks)
 
     def enroll_face(self, image: np.ndarray) -> tuple[Face, np.ndarray]:
         """The single face of an enrollment photo (several faces is an error: whose is it?),
@@ -306,6 +334,15 @@ class Recognizer:
                 report.added += 1
         report.identities = len(gallery.identities())
         return report
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two x1, y1, x2, y2 boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(w, 0.0) * max(h, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def _label(image: ImageInput) -> str:
