@@ -26,11 +26,11 @@ from click.testing import CliRunner
 from maskid.camera import STAGES, CameraOptions, FacePipeline, run_camera
 from maskid.cli import main
 from maskid.errors import UsageError
-from maskid.face import Face
+from maskid.face import Face, iou
 from maskid.imageio import load_image
 from maskid.recognizer import Recognizer
 from maskid.sources import Status, camera_options, csi_pipeline, has_gstreamer, open_source
-from maskid.tracker import IouTracker, Track, iou
+from maskid.tracker import IouTracker, Track
 
 PEOPLE = ("Colin_Powell", "Hugo_Chavez")
 PER_PERSON = 12

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from maskid.errors import ImageError, MaskidError, NoFaceError
-from maskid.face import Face, Match
+from maskid.face import Face, Match, iou
 from maskid.imageio import IMAGE_SUFFIXES
 from maskid.models import sha256_file
 
@@ -246,9 +246,9 @@ class Recognizer:
         assert face.chip_transform is not None
         best, best_iou = None, COPY_MIN_IOU
         for f in self.detector.detect(masked):
-            iou = _iou(f.box, face.box)
-            if iou >= best_iou:
-                best, best_iou = f, iou
+            overlap = float(iou(f.box, face.box)[0, 0])
+            if overlap >= best_iou:
+                best, best_iou = f, overlap
         return face.chip_transform if best is None else chip_transform(best.landmarks)
 
     def enroll_face(self, image: np.ndarray) -> tuple[Face, np.ndarray]:
@@ -334,15 +334,6 @@ class Recognizer:
                 report.added += 1
         report.identities = len(gallery.identities())
         return report
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two x1, y1, x2, y2 boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 def _label(image: ImageInput) -> str:
