@@ -324,6 +324,19 @@ def test_camera_cli_events_and_recording(clip: Path, gallery: Path, tmp_path: Pa
     cap.release()
 
 
+def test_loop_runs_in_a_worker_thread(clip: Path, gallery: Path) -> None:
+    """A library caller may run the loop off the main thread (no signal handlers there)."""
+    out: list[object] = []
+    worker = threading.Thread(
+        target=lambda: out.append(
+            run_camera(Recognizer(gallery), str(clip), display=False, echo=lambda _: None)
+        )
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert out and out[0].frames == 2 * PER_PERSON  # type: ignore[attr-defined]
+
+
 def test_camera_cli_errors(clip: Path, gallery: Path, tmp_path: Path) -> None:
     run = CliRunner().invoke
     missing = run(main, ["camera", "--source", str(clip), "--gallery", str(tmp_path / "none")])

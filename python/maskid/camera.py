@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -251,6 +252,9 @@ def _stop_on_signals(stop: list[bool]) -> Iterator[None]:
     def handler(signum: int, _frame: object) -> None:
         stop[0] = True
 
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python delivers signals to the main thread only: the caller handles them there
+        return
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
