@@ -12,6 +12,10 @@ starts from dlib's weights. Training moves only that branch:
   constant output (all dlib descriptors lie within ~25 degrees of each other), which we saw;
 * CosFace over the training identities on both views (metric learning on the eye region).
 
+`--realigned replace|mix` draws the masked views from `training/realign_masked.py`'s pool
+instead (each masked chip re-aligned from a detection on it, as a real masked probe is): issue
+5's experiment, measured and not shipped (training/README.md).
+
 The early stages (stem + the 32-channel blocks) stay frozen: they are generic edge detectors
 and they hold most of the compute, so freezing them makes a CPU epoch affordable.
 
@@ -126,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trainable-from", type=int, default=3, help="first trainable block")
     ap.add_argument("--steps", type=int, default=0, help="steps per epoch (0: one pass)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--realigned",
+        choices=("none", "replace", "mix"),
+        default="none",
+        help="masked views from <cache>/train/masked_k2_realigned.npy (training/realign_masked.py:"
+        " re-aligned from a detection on the masked chip, as a real masked probe): none (the "
+        "chip-level pool, the shipped v1 recipe), replace, or mix (each masked view 50/50)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--export",
@@ -148,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     train = args.cache / "train"
     chips = np.load(train / "chips.npy", mmap_mode="r")
     masked = np.load(train / "masked_k2.npy", mmap_mode="r")
+    realigned = None
+    if args.realigned != "none":
+        realigned = np.load(train / "masked_k2_realigned.npy", mmap_mode="r")
+        if realigned.shape != masked.shape:
+            raise SystemExit("masked_k2_realigned.npy does not match the mask pool: rebuild it")
+        if args.realigned == "replace":
+            masked, realigned = realigned, None
     meta = np.load(train / "meta.npz")
     labels = torch.from_numpy(meta["labels"])
     n_classes = len(meta["names"])
@@ -190,11 +209,11 @@ def main(argv: list[str] | None = None) -> int:
                 idx = np.sort(idx)
                 k = rng.integers(0, masked.shape[1], len(idx))
                 xu = _batch(chips, idx)
-                xm = (
-                    torch.from_numpy(np.ascontiguousarray(masked[idx, k]).copy())
-                    .permute(0, 3, 1, 2)
-                    .float()
-                )
+                views = np.ascontiguousarray(masked[idx, k]).copy()
+                if realigned is not None:  # mix: each masked view realigned with p = 0.5
+                    use = rng.random(len(idx)) < 0.5
+                    views[use] = realigned[idx[use], k[use]]
+                xm = torch.from_numpy(views).permute(0, 3, 1, 2).float()
                 x = eye_view(torch.cat([xu, xm]))
                 emb = eye(x)
                 t = teacher[idx].repeat(2, 1)
