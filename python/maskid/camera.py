@@ -15,6 +15,7 @@ arrival to the event, per-stage times of that frame (ms) and the loop's FPS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -242,7 +243,9 @@ class Window:
         return key not in (ord("q"), 27) and not closed
 
     def close(self) -> None:
-        cv2.destroyWindow(self.NAME)
+        # It may never have been shown (no frame came) or the user closed it already.
+        with contextlib.suppress(cv2.error):
+            cv2.destroyWindow(self.NAME)
 
 
 @contextmanager
