@@ -289,6 +289,30 @@ def test_pipeline_embeds_on_appearance_and_every_n_frames(clip: Path, gallery: P
     assert names == [PEOPLE[0]] * PER_PERSON + [PEOPLE[1]] * PER_PERSON
 
 
+def test_a_track_whose_votes_turn_reports_a_change(
+    lfw10: Path, gallery: Path, tmp_path: Path
+) -> None:
+    """Two people at the same spot across a hard cut share one IoU track; re-embeddings vote the
+    new name in and a "changed" event reports it (threshold lowered so LFW photos get names)."""
+    video = tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (640, 480))
+    for name in PEOPLE:
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        frame[100:350, 200:450] = load_image(lfw10 / name / f"{name}_0004.jpg")
+        for _ in range(8):
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    options = CameraOptions(embed_every=2, votes=3, threshold=0.9)
+    pipeline = FacePipeline(Recognizer(gallery), options)
+    with open_source(str(video)) as src:
+        events = [e for i, f in enumerate(src) for e in pipeline.process(f, i).events]
+    assert [(e["event"], e["track"], e["identity"]) for e in events] == [
+        ("recognized", 1, PEOPLE[0]),
+        ("changed", 1, PEOPLE[1]),
+    ]
+    assert 8 < events[1]["frame"] <= 8 + 2 * 2  # two of three votes after the cut
+
+
 def test_pipeline_detects_every_k_frames(clip: Path, gallery: Path) -> None:
     pipeline = FacePipeline(Recognizer(gallery), CameraOptions(detect_every=3))
     with open_source(str(clip)) as src:
