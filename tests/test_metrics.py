@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from maskid.metrics import (
     equal_error_rate,
@@ -97,3 +98,20 @@ def test_heldout_split_is_identity_disjoint_deterministic_and_balanced() -> None
     heldout = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(heldout)
     assert heldout.split_identities(ids[::-1]) == halves
+
+
+def test_identity_bootstrap_is_paired_and_signed() -> None:
+    from heldout import identity_bootstrap
+
+    rng = np.random.default_rng(3)
+    truth = np.repeat(np.arange(6), 3)
+    s0 = rng.uniform(0.0, 0.5, (len(truth), 6))
+    s0[np.arange(len(truth)), truth] += 0.3  # most probes right, some wrong
+    same = identity_bootstrap(s0, s0, truth, np.zeros(len(truth), bool), n=50)
+    assert all(v == [0.0, 0.0, 0.0] for v in same.values())
+    s1 = s0.copy()
+    s1[np.arange(len(truth)), truth] = 2.0  # every probe right now
+    better = identity_bootstrap(s0, s1, truth, np.zeros(len(truth), bool), n=50)
+    r0 = float(np.mean(s0.argmax(1) == truth))
+    assert r0 < 1.0  # the draw leaves some probes wrong, so there is something to gain
+    assert better["rank1"][0] == pytest.approx(1.0 - r0) and better["rank1"][1] >= 0

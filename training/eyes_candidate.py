@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from heldout import Cache, copy_similarity, evaluate, protocols
-from maskid.metrics import identification_report
+from heldout import Cache, copy_similarity, evaluate, identity_bootstrap, protocols
 
 POLICY = "redetect"  # maskid.recognizer.COPY_REDETECT: the product's enrolled copies
 COPIES = 3
@@ -67,21 +66,7 @@ def paired_bootstrap(
     s0, t, nf = _scores(a, prot, copies)
     s1, t1, nf1 = _scores(b, prot, copies)
     assert np.array_equal(t, t1) and np.array_equal(nf, nf1)
-    ids = np.unique(t[t >= 0])
-
-    def metric(s: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        r = identification_report(s[idx], t[idx], nf[idx]).as_dict()
-        return np.array([r[k] for k in KEYS])
-
-    def delta(sel: np.ndarray) -> np.ndarray:
-        idx = np.concatenate([np.flatnonzero(t == i) for i in sel])
-        return metric(s1, idx) - metric(s0, idx)
-
-    rng = np.random.default_rng(0)
-    draws = np.array([delta(rng.choice(ids, len(ids))) for _ in range(n)])
-    lo, hi = np.percentile(draws, [5, 95], axis=0)
-    full = delta(ids)
-    return {k: [float(full[j]), float(lo[j]), float(hi[j])] for j, k in enumerate(KEYS)}
+    return identity_bootstrap(s0, s1, t, nf, KEYS, n)
 
 
 def table(c: Cache) -> dict[str, dict[str, float]]:

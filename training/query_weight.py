@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heldout import Cache, protocols  # training/heldout.py, read-only
+from heldout import Cache, identity_bootstrap, protocols
 from maskid.metrics import identification_report
 
 KEYS = ("rank1", "tar_at_far_1e-3", "eer")
@@ -85,22 +85,7 @@ class Branches:
 def bootstrap(br: Branches, s0: np.ndarray, s1: np.ndarray, n: int = 300) -> dict[str, list[float]]:
     """s1 minus s0 on the same probes: [full-set delta, 5th, 95th percentile] over identity
     resamples (`training/heldout.py`'s yardstick)."""
-    t, nf = br.truth, br.no_face
-    ids = np.unique(t[t >= 0])
-
-    def metric(s: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        r = identification_report(s[idx], t[idx], nf[idx]).as_dict()
-        return np.array([r[k] for k in KEYS])
-
-    def delta(sel: np.ndarray) -> np.ndarray:
-        idx = np.concatenate([np.flatnonzero(t == i) for i in sel])
-        return metric(s1, idx) - metric(s0, idx)
-
-    rng = np.random.default_rng(0)
-    draws = np.array([delta(rng.choice(ids, len(ids))) for _ in range(n)])
-    lo, hi = np.percentile(draws, [5, 95], axis=0)
-    full = delta(ids)
-    return {k: [float(full[j]), float(lo[j]), float(hi[j])] for j, k in enumerate(KEYS)}
+    return identity_bootstrap(s0, s1, br.truth, br.no_face, KEYS, n)
 
 
 def oracle_table(name: str, br: dict[str, Branches], n_boot: int) -> dict[str, object]:
