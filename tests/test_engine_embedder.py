@@ -52,6 +52,8 @@ def test_contract_of_a_broken_model_is_a_model_error(tmp_path: Path) -> None:
 
 
 def test_engine_without_sidecar_or_tensorrt_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        Embedder(tmp_path / "missing.engine")
     plan = tmp_path / "m.engine"
     plan.write_bytes(b"\0" * 16)
     with pytest.raises(ModelError, match="sidecar"):

@@ -17,7 +17,7 @@ def _resolve(name_or_path: str | Path) -> Path:
     s = str(name_or_path)
     if s in available_models():
         return model_path(s)
-    if s.endswith(".onnx") or Path(s).is_file():
+    if s.lower().endswith((".onnx", *TENSORRT_SUFFIXES)) or Path(s).is_file():
         path = Path(s)
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist")
