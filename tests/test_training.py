@@ -107,3 +107,38 @@ def test_student_variants() -> None:
     assert set(build_student("g8").gates) == {"g8"}
     with pytest.raises(ValueError):
         build_student("g99")
+
+
+def test_periocular_resume_ends_where_an_uninterrupted_run_ends(
+    real_chips, m2fred: Path, tmp_path: Path
+) -> None:
+    """Two epochs in one go and one epoch + `--resume` give bit-identical branch weights
+    (the checkpoint holds the optimiser, the CosFace centres and both random generators)."""
+    from maskid_train import periocular
+
+    chips, lms, labels = real_chips
+    cache = tmp_path / "cache"
+    (cache / "train").mkdir(parents=True)
+    np.save(cache / "train" / "chips.npy", chips)
+    pool = [masked_variants(c, lm, 2, i) for i, (c, lm) in enumerate(zip(chips, lms, strict=True))]
+    np.save(cache / "train" / "masked_k2.npy", np.stack(pool))
+    np.savez(cache / "train" / "meta.npz", labels=labels, names=np.array(["a", "b", "c"]))
+    dev = tmp_path / "m2fred"
+    dev.mkdir()
+    for person in sorted(p for p in m2fred.iterdir() if p.is_dir())[:2]:
+        (dev / person.name).symlink_to(person)
+    common = ["--cache", str(cache), "--dev", str(dev), "--batch", "4", "--steps", "2"]
+    common += ["--lr", "1e-5", "--cosface", "0.05", "--threads", "1"]
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    assert periocular.main([*common, "--out", str(once), "--epochs", "2"]) == 0
+    assert periocular.main([*common, "--out", str(twice), "--epochs", "1"]) == 0
+    assert periocular.main([*common, "--out", str(twice), "--epochs", "2", "--resume"]) == 0
+    a = torch.load(once / "last.pt", weights_only=False)
+    b = torch.load(twice / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2
+    trained = [k for k, v in a["eye"].items() if v.dtype.is_floating_point]
+    start = periocular.load_pretrained().state_dict()
+    assert any(not torch.equal(a["eye"][k], start[k]) for k in trained)  # it did train
+    assert all(torch.equal(a["eye"][k], b["eye"][k]) for k in a["eye"])
+    rows = (twice / "epochs.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["epoch", "0", "1", "2"]  # one header, appended

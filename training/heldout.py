@@ -203,6 +203,24 @@ def copy_similarity(c: Cache) -> dict[str, float]:
     a = descriptors(c.desc[[e for e, _ in pairs]], 1.0, False)
     b = descriptors(c.desc[[q for _, q in pairs]], 1.0, False)
     out["real mask (same session)"] = float(np.nanmean((a * b).sum(-1)))
+    # The same-session figure mixes the mask with a change of shot (the masked photo is another
+    # exposure). Across sessions every pair is already another shot, so the unmasked photo of
+    # session s against session t's unmasked photo, its copies, and its real masked photo
+    # isolates what the mask itself does.
+    cross: dict[str, list[float]] = {"unmasked": [], "real mask": []}
+    cross |= {p: [] for p in c.copies}
+    real = dict(pairs)  # enrollment row -> the same session's masked probe row
+    for u in enroll:
+        du = descriptors(c.desc[u], 1.0, False)
+        for v in enroll:
+            if u == v or c.idents[u] != c.idents[v]:
+                continue
+            cross["unmasked"].append(float(du @ descriptors(c.desc[v], 1.0, False)))
+            for p, cp in c.copies.items():
+                cross[p].append(float(np.nanmean(descriptors(cp[v], 1.0, False) @ du)))
+            if v in real:
+                cross["real mask"].append(float(du @ descriptors(c.desc[real[v]], 1.0, False)))
+    out |= {f"{k} (other session)": float(np.nanmean(v)) for k, v in cross.items()}
     return out
 
 

@@ -19,9 +19,14 @@ instead (each masked chip re-aligned from a detection on it, as a real masked pr
 The early stages (stem + the 32-channel blocks) stay frozen: they are generic edge detectors
 and they hold most of the compute, so freezing them makes a CPU epoch affordable.
 
+Checkpoints: OUT/best.pt (best dev masked TAR, what `--export` writes) and OUT/last.pt after
+every epoch (branch, CosFace centres, optimiser and both random generators), so `--resume`
+continues an interrupted run and ends with the same weights as an uninterrupted one (tested).
+The shipped recipe, from scratch in one command: training/reproduce_eyes_v1.sh.
+
     PYTHONPATH=training python -m maskid_train.periocular --cache /work/cache/chips \
-        --data ../shared/data/train --dev ../shared/data/eval/m2fred --epochs 3 \
-        --out training/runs/periocular
+        --dev ../shared/data/eval/m2fred --lfw ../shared/data/demo/lfw10 \
+        --out runs/periocular --epochs 3 --steps 110 --lr 1e-5 --cosface 0.05
 """
 
 from __future__ import annotations
@@ -96,10 +101,31 @@ def teacher_eye(chips: np.ndarray, out: Path, batch: int = 128) -> np.ndarray:
     res = np.zeros((len(chips), 128), np.float32)
     with torch.inference_mode():
         for s in tqdm(range(0, len(chips), batch), desc="teacher (eye view)"):
-            x = torch.from_numpy(np.ascontiguousarray(chips[s : s + batch])).permute(0, 3, 1, 2)
+            x = torch.from_numpy(np.array(chips[s : s + batch])).permute(
+                0, 3, 1, 2
+            )  # writable copy
             res[s : s + batch] = net(eye_view(x.float())).numpy()
     np.save(out, res)
     return res
+
+
+def build_caches(data: Path, train: Path) -> None:
+    """The chip cache and the K=2 mask pool of `maskid_train.train` (reused where present)."""
+    from .augment import build_mask_pool
+    from .data import build_chip_cache, training_items
+
+    cs = build_chip_cache(
+        training_items(data, ("glint23", "celeba")),
+        train,
+        progress=lambda x: tqdm(list(x), desc="chips (shards)"),
+    )
+    build_mask_pool(
+        cs.chips,
+        cs.landmarks,
+        train / "masked_k2.npy",
+        k=2,
+        progress=lambda x: tqdm(list(x), desc="mask pool (shards)"),
+    )
 
 
 def export_eye_weights(checkpoint: Path, out: Path) -> Path:
@@ -120,6 +146,12 @@ def export_eye_weights(checkpoint: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, help="chip cache (see maskid_train.train)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        help="identity folders (shared/data/train): build the chip cache and the mask pool from "
+        "glint23 + celeba first where <cache>/train lacks them (as maskid_train.train does)",
+    )
     ap.add_argument("--dev", type=Path, help="m2fred folder")
     ap.add_argument("--lfw", type=Path, default=None, help="lfw10 folder (dev check)")
     ap.add_argument("--out", type=Path, required=True)
@@ -139,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "chip-level pool, the shipped v1 recipe), replace, or mix (each masked view 50/50)",
     )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     ap.add_argument(
         "--export",
         type=Path,
@@ -158,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     train = args.cache / "train"
+    if args.data is not None:
+        build_caches(args.data, train)
     chips = np.load(train / "chips.npy", mmap_mode="r")
     masked = np.load(train / "masked_k2.npy", mmap_mode="r")
     realigned = None
@@ -192,12 +227,23 @@ def main(argv: list[str] | None = None) -> int:
                 outs.append(model(x.float()).numpy())
         return np.concatenate(outs)
 
-    log = (args.out / "epochs.csv").open("w", newline="")
+    best, first = -1.0, 0
+    last = args.out / "last.pt"
+    if args.resume and last.exists():
+        state = torch.load(last, weights_only=False)
+        eye.load_state_dict(state["eye"])
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        best, first = state["best"], state["epoch"] + 1
+        print(f"resuming after epoch {state['epoch']} (best dev score {best:.4f})")
+    log = (args.out / "epochs.csv").open("a" if first else "w", newline="")
     writer: csv.DictWriter[str] | None = None
-    best, start = -1.0, time.perf_counter()
+    start = time.perf_counter()
     n = len(chips)
     steps = args.steps or n // args.batch
-    for epoch in range(args.epochs + 1):
+    for epoch in range(first, args.epochs + 1):
         if epoch > 0:
             eye.train()
             order = rng.permutation(n)
@@ -230,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / f"dev_epoch{epoch}.json").write_text(json.dumps(res, indent=1))
         if writer is None:
             writer = csv.DictWriter(log, fieldnames=list(row))
-            writer.writeheader()
+            if not first:
+                writer.writeheader()
         writer.writerow(row)
         log.flush()
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
@@ -238,7 +285,18 @@ def main(argv: list[str] | None = None) -> int:
         if epoch > 0 and score > best:
             best = score
             torch.save({"eye": eye.state_dict(), "epoch": epoch}, args.out / "best.pt")
-    torch.save({"eye": eye.state_dict(), "epoch": args.epochs}, args.out / "last.pt")
+        state = {
+            "eye": eye.state_dict(),
+            "head": head.state_dict(),
+            "opt": opt.state_dict(),
+            "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "best": best,
+            "epoch": epoch,
+        }
+        torch.save(state, last.with_suffix(".tmp"))
+        last.with_suffix(".tmp").replace(last)  # a crash mid-save leaves the previous last.pt
+    log.close()
     (args.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}))
     return 0
 
