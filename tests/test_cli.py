@@ -383,3 +383,33 @@ def test_demo_runs_offline_and_recognizes_the_newcomer(tmp_path: Path) -> None:
     result = run("demo", "--out", str(tmp_path))
     assert "recognized the masked photo: nearest Tony_Blair" in result.stdout
     assert (tmp_path / "demo_result.jpg").is_file()
+
+
+def test_eval_open_set_reports_strangers_given_a_name(m2fred: Path, tmp_path: Path) -> None:
+    """Four people enrolled, six probed: the other two are strangers. At a threshold nobody
+    reaches, no one is named; at one everybody passes, every stranger with a face is an alarm."""
+    enrolled, probed = tmp_path / "enrolled", tmp_path / "probed"
+    people = sorted(p for p in m2fred.iterdir() if p.is_dir())[:6]
+    for i, person in enumerate(people):
+        shutil.copytree(person, probed / person.name)
+        if i < 4:
+            shutil.copytree(person, enrolled / person.name)
+    strangers = len([f for p in people[4:] for f in p.glob("*-1-0.png")])
+    common = ["eval", "--enroll", str(enrolled), "--probe", str(probed), "--mask-copies", "0"]
+    common += ["--pattern", "*-0-0.png", "--probe-pattern", "*-1-0.png"]
+    docs = {}
+    for threshold in ("1.01", "-1"):
+        out = tmp_path / f"open{threshold}.json"
+        result = run(*common, "--threshold", threshold, "--json", str(out))
+        docs[threshold] = json.loads(out.read_text())
+        assert f"of {strangers} strangers' probes given a name" in result.stdout
+    none, every = docs["1.01"], docs["-1"]
+    assert none["n_unknown"] == every["n_unknown"] == strangers > 0
+    assert none["dir_at_threshold"] == none["false_alarm_at_threshold"] == 0.0
+    # a stranger's probe where no face is found raises no alarm; the others all do
+    from maskid.recognizer import Recognizer
+
+    rec = Recognizer(tmp_path / "unused")
+    seen = [f for p in people[4:] for f in sorted(p.glob("*-1-0.png")) if rec.analyze(f)]
+    assert every["false_alarm_at_threshold"] == len(seen) / strangers
+    assert every["dir_at_threshold"] == pytest.approx(every["rank1"])  # everybody passes

@@ -115,3 +115,25 @@ def test_identity_bootstrap_is_paired_and_signed() -> None:
     r0 = float(np.mean(s0.argmax(1) == truth))
     assert r0 < 1.0  # the draw leaves some probes wrong, so there is something to gain
     assert better["rank1"][0] == pytest.approx(1.0 - r0) and better["rank1"][1] >= 0
+
+
+def test_open_set_dir_and_false_alarms_are_per_probe() -> None:
+    scores = np.array(
+        [
+            [0.9, 0.2, 0.1],  # truth 0: named correctly at 0.6
+            [0.7, 0.3, 0.2],  # truth 1: named, but wrongly (0 wins): not a detection
+            [0.5, 0.1, 0.0],  # a stranger: an alarm only once the threshold drops below 0.5
+            [0.9, 0.9, 0.9],  # truth 2, no face: a miss
+            [0.95, 0.1, 0.1],  # a stranger without a face found: never an alarm
+        ]
+    )
+    truth = np.array([0, 1, -1, 2, -1])
+    no_face = np.array([False, False, False, True, True])
+    strict = identification_report(scores, truth, no_face, threshold=0.6)
+    assert strict.n_unknown == 2
+    assert (strict.dir_at_threshold, strict.false_alarm_at_threshold) == (1 / 3, 0.0)
+    loose = identification_report(scores, truth, no_face, threshold=0.4)
+    assert (loose.dir_at_threshold, loose.false_alarm_at_threshold) == (1 / 3, 1 / 2)
+    closed = identification_report(scores[:2], truth[:2], no_face[:2], threshold=0.6)
+    assert closed.n_unknown == 0 and closed.as_dict()["false_alarm_at_threshold"] is None
+    assert closed.dir_at_threshold == 1 / 2

@@ -340,6 +340,12 @@ def evaluate(
         f"threshold {report.threshold:.4f} (cosine): FAR {report.far_at_threshold:.5f} "
         f"FRR {report.frr_at_threshold:.4f}"
     )
+    if report.n_unknown:
+        click.echo(
+            f"open set at the threshold: {report.dir_at_threshold:.4f} of enrolled people's probes "
+            f"named correctly, {report.false_alarm_at_threshold:.4f} of {report.n_unknown} "
+            "strangers' probes given a name"
+        )
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"model": result.model, **report.as_dict()}, indent=2))

@@ -26,8 +26,17 @@ class IdentificationReport:
     n_no_face: int
     n_genuine: int
     n_impostor: int
+    # Open set, per probe at the operating threshold: DIR, the share of enrolled people's probes
+    # named correctly (top identity right and scoring >= threshold); false alarms, the share of
+    # strangers' probes (identity not enrolled) given a name (NaN when there are none).
+    n_unknown: int = 0
+    dir_at_threshold: float = float("nan")
+    false_alarm_at_threshold: float = float("nan")
 
-    def as_dict(self) -> dict[str, float | int]:
+    def as_dict(self) -> dict[str, float | int | None]:
+        def maybe(v: float) -> float | None:  # JSON has no NaN
+            return None if np.isnan(v) else v
+
         return {
             "rank1": self.rank1,
             "rank5": self.rank5,
@@ -42,6 +51,9 @@ class IdentificationReport:
             "n_no_face": self.n_no_face,
             "n_genuine": self.n_genuine,
             "n_impostor": self.n_impostor,
+            "n_unknown": self.n_unknown,
+            "dir_at_threshold": maybe(self.dir_at_threshold),
+            "false_alarm_at_threshold": maybe(self.false_alarm_at_threshold),
         }
 
 
@@ -104,6 +116,21 @@ def equal_error_rate(genuine: np.ndarray, impostor: np.ndarray) -> float:
     return float((far[j] + frr[j]) / 2.0)
 
 
+def open_set_rates(
+    scores: np.ndarray, probe_truth: np.ndarray, no_face: np.ndarray, threshold: float
+) -> tuple[float, float]:
+    """(DIR, false-alarm rate) at `threshold`; see `IdentificationReport`. A probe without a face
+    is a miss if its person is enrolled and raises no alarm if not."""
+    found = ~no_face
+    best = np.where(found, scores.max(axis=1, initial=-np.inf), -np.inf)
+    named = found & (best >= threshold)
+    known = probe_truth >= 0
+    top = scores.argmax(axis=1) if scores.shape[1] else np.zeros(len(scores), int)
+    dir_ = float((named & (top == probe_truth))[known].mean()) if known.any() else float("nan")
+    alarm = float(named[~known].mean()) if (~known).any() else float("nan")
+    return dir_, alarm
+
+
 def identification_report(
     scores: np.ndarray,
     probe_truth: np.ndarray,
@@ -129,6 +156,7 @@ def identification_report(
     impostor = scores[~genuine_mask & ~no_face[:, None]]
     op = threshold if threshold is not None else threshold_at_far(impostor, far_target)
     far, frr = rates(genuine, impostor, op)
+    dir_, alarm = open_set_rates(scores, probe_truth, no_face, op)
     return IdentificationReport(
         rank1=rank_k(scores[known], probe_truth[known], 1),
         rank5=rank_k(scores[known], probe_truth[known], 5),
@@ -143,4 +171,7 @@ def identification_report(
         n_no_face=int(no_face.sum()),
         n_genuine=len(genuine),
         n_impostor=len(impostor),
+        n_unknown=int((~known).sum()),
+        dir_at_threshold=dir_,
+        false_alarm_at_threshold=alarm,
     )
