@@ -142,3 +142,16 @@ def test_periocular_resume_ends_where_an_uninterrupted_run_ends(
     assert all(torch.equal(a["eye"][k], b["eye"][k]) for k in a["eye"])
     rows = (twice / "epochs.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == ["epoch", "0", "1", "2"]  # one header, appended
+
+
+def test_reproduce_script_refuses_without_the_training_data(tmp_path: Path) -> None:
+    import subprocess
+
+    script = REPO / "training" / "reproduce_eyes_v1.sh"
+    env = {"PATH": "/usr/bin:/bin", "MASKID_SHARED": str(tmp_path)}
+    done = subprocess.run([str(script)], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"reproduce_eyes_v1: {tmp_path}/train/glint23 not found (set MASKID_SHARED=.../shared/data)"
+    )
+    assert done.stdout == ""  # nothing started

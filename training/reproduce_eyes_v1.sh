@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 data=${MASKID_SHARED:-../shared/data}
 cache=${1:-/tmp/maskid-cache}
 out=${2:-runs/eyes_v1}
+for d in "$data/train/glint23" "$data/train/celeba" "$data/eval/m2fred"; do
+    [ -d "$d" ] || { echo "reproduce_eyes_v1: $d not found (set MASKID_SHARED=.../shared/data)" >&2; exit 2; }
+done
 export PYTHONPATH=training
 start=$(date +%s)
 python -m maskid_train.periocular --data "$data/train" --cache "$cache" \
