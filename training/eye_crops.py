@@ -66,8 +66,12 @@ def l2(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def product_chips(c: Cache, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n, 150, 150, 3) chips of the cache's M2FRED rows, (n, 3, ...) enrolled copies, found."""
+def product_chips(
+    c: Cache, root: Path, copies: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, 150, 150, 3) product chips of the cache's M2FRED enrollment and probe rows (in cache
+    order), (n, 3, ...) the 3 re-detected masked copies of each enrolled photo (zeros unless
+    `copies`), and whether a face was found. Also used by training/probe_completion.py."""
     rec = Recognizer(Path("/nonexistent"), mask_copies=0)
     rec._detector = Detector(threads=1)
 
@@ -79,7 +83,7 @@ def product_chips(c: Cache, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndar
 
     rows = [i for i, k in enumerate(c.kinds) if k in ("m2fred-enroll", "m2fred-probe")]
     chips = np.zeros((len(rows), 150, 150, 3), np.uint8)
-    copies = np.zeros((len(rows), 3, 150, 150, 3), np.uint8)
+    masked = np.zeros((len(rows), 3, 150, 150, 3), np.uint8)
     found = np.zeros(len(rows), bool)
     for j, i in enumerate(tqdm(rows, desc="chips")):
         path = root / c.names[i]
@@ -92,14 +96,14 @@ def product_chips(c: Cache, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndar
             assert face.chip_transform is not None
             chips[j], found[j] = chip(ctx, face.chip_transform), True
             rng = np.random.default_rng(int(sha256_file(path)[:8], 16))
-            for k in range(3):
+            for k in range(3 if copies else 0):
                 m = apply_mask(ctx, face.landmarks, rng=rng)
-                copies[j, k] = chip(m, rec._copy_transform(m, face))
+                masked[j, k] = chip(m, rec._copy_transform(m, face))
         else:
             faces, ctx = rec.analyze_in_context(img)
             if faces and faces[0].chip_transform is not None:
                 chips[j], found[j] = chip(ctx, faces[0].chip_transform), True
-    return chips, copies, found
+    return chips, masked, found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,28 +28,16 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from eye_crops import product_chips
 from heldout import Cache, identity_bootstrap, split_identities
-from maskid.chip import extract_chip
 from maskid.embedder import Embedder
 from maskid.metrics import identification_report
 from maskid.paths import shared_data_dir
-from maskid.recognizer import Recognizer
 
 
 def l2(v: np.ndarray) -> np.ndarray:
     out: np.ndarray = v / np.linalg.norm(v, axis=-1, keepdims=True)
     return out
-
-
-def chips(names: list[str], root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The product's chip of every image (zeros and False where no face was found)."""
-    rec = Recognizer(gallery=Path("/nonexistent"), threads=1)
-    out, ok = np.zeros((len(names), 150, 150, 3), np.uint8), np.zeros(len(names), bool)
-    for i, n in enumerate(tqdm(names, desc="chips")):
-        faces, context = rec.analyze_in_context(rec.load(root / n))
-        if faces and faces[0].chip_transform is not None:
-            out[i], ok[i] = extract_chip(context, faces[0].chip_transform, 150), True
-    return out, ok
 
 
 def composites(c: np.ndarray, probes: list[int], enrolled: list[int], row: int) -> np.ndarray:
@@ -76,9 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     root = shared_data_dir()
     if root is None:
         raise SystemExit("../shared/data not found")
-    rows_m2 = [i for i, k in enumerate(c.kinds) if k.startswith("m2fred")]
-    names = [c.names[i] for i in rows_m2]
-    chip, ok = chips(names, root / "eval")
+    rows_m2 = [i for i, k in enumerate(c.kinds) if k in ("m2fred-enroll", "m2fred-probe")]
+    chip, _, ok = product_chips(c, root / "eval", copies=False)
     enrolled = [j for j, i in enumerate(rows_m2) if c.kinds[i] == "m2fred-enroll" and ok[j]]
     probes = [j for j, i in enumerate(rows_m2) if c.kinds[i] == "m2fred-probe"]
     d = c.desc[rows_m2][:, 0]  # (n, 2 branches, 128): the plain chip's branch descriptors
