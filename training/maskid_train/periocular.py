@@ -101,9 +101,8 @@ def teacher_eye(chips: np.ndarray, out: Path, batch: int = 128) -> np.ndarray:
     res = np.zeros((len(chips), 128), np.float32)
     with torch.inference_mode():
         for s in tqdm(range(0, len(chips), batch), desc="teacher (eye view)"):
-            x = torch.from_numpy(np.array(chips[s : s + batch])).permute(
-                0, 3, 1, 2
-            )  # writable copy
+            part = np.array(chips[s : s + batch])  # a writable copy: torch warns on memmaps
+            x = torch.from_numpy(part).permute(0, 3, 1, 2)
             res[s : s + batch] = net(eye_view(x.float())).numpy()
     np.save(out, res)
     return res
