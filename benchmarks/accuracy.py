@@ -18,6 +18,9 @@ Open set (`open_set_dev_enrolled`): the dev half enrolled and every masked probe
 test half's people are strangers; at the dev threshold, the share of enrolled people's probes
 named correctly (DIR) and of strangers' probes given a name (false alarms). Closed halves can
 flatter score tricks that lean on the true mate being enrolled (training/score_norm.py).
+lfw10 is also scored at each model's own operating threshold, masked and unmasked (photos of
+other occasions than the enrolled one): the share named correctly, i.e. how strict the threshold
+chosen on M2FRED's same-day photos is elsewhere.
 
     python benchmarks/accuracy.py --json out/accuracy.json [--quick] [--threads 1]
 """
@@ -180,8 +183,23 @@ def main(argv: list[str] | None = None) -> int:
             threshold=float(masked["dev"]["threshold"]),
         ).report.as_dict()
         probes = synthetic_masked_probes(lfw, tmp / "lfw10-masked", rec, 3 if args.quick else 9)
+        # lfw10 at the model's own operating threshold: photos of other occasions than the
+        # enrolled one, masked and not (named = right person at or above the threshold)
         lfw_rep = evaluate_folders(
-            lfw, probes, recognizer=rec, enroll_pattern="*_0001.jpg", probe_pattern="*.png"
+            lfw,
+            probes,
+            recognizer=rec,
+            enroll_pattern="*_0001.jpg",
+            probe_pattern="*.png",
+            threshold=rec.threshold,
+        ).report
+        lfw_plain = evaluate_folders(
+            lfw,
+            lfw,
+            recognizer=rec,
+            enroll_pattern="*_0001.jpg",
+            probe_pattern="*_00[01][02-9].jpg",  # photos 2-10
+            threshold=rec.threshold,
         ).report
         results[label] = {
             "model": rec.embedder.name,
@@ -190,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             "m2fred_masked": masked,
             "m2fred_unmasked_control": control,
             "lfw10_synthetic_masked": lfw_rep.as_dict(),
+            "lfw10_unmasked": lfw_plain.as_dict(),
             "seconds": time.perf_counter() - t0,
         }
         print(f"  row ({label}) done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -209,18 +228,22 @@ def main(argv: list[str] | None = None) -> int:
         "M2FRED masked: rank-1 / TAR@FAR=1e-3 / EER per half; control: unmasked rank-1; "
         "test@dev-thr: the test half's FAR / TAR at the dev half's FAR-1e-3 threshold; "
         "open DIR/FA: dev half enrolled, all masked probes searched, at that threshold: share of "
-        "enrolled people's probes named correctly / of strangers' probes given a name"
+        "enrolled people's probes named correctly / of strangers' probes given a name; "
+        "LFW10: synthetic-masked rank-1 / TAR, then the share named correctly at the model's "
+        "threshold, masked / unmasked"
     )
     header = (
         f"{'row':<4}{'model':<20}{'cp':>2} | {'dev r1/TAR/EER':>17} | {'test r1/TAR/EER':>17} | "
         f"{'all r1/TAR/EER':>17} | {'dev thr':>7} {'test@dev-thr':>12} | "
-        f"{'open DIR/FA':>11} | {'control d/t/all':>17} | {'LFW10 r1/TAR':>12}"
+        f"{'open DIR/FA':>11} | {'control d/t/all':>17} | {'LFW10 r1/TAR named m/u':>23}"
     )
     print(header)
     print("-" * len(header))
     for label, r in results.items():
         m, c, s = r["m2fred_masked"], r["m2fred_unmasked_control"], r["lfw10_synthetic_masked"]
+        u = r["lfw10_unmasked"]
         assert isinstance(m, dict) and isinstance(c, dict) and isinstance(s, dict)
+        assert isinstance(u, dict)
         cells = [
             "/".join(f"{m[h][k]:.3f}" for k in ("rank1", "tar_at_far_1e-3", "eer")) for h in HALVES
         ]
@@ -232,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{at['far_at_threshold']:>6.4f}/{1 - at['frr_at_threshold']:.3f} | "
             f"{op['dir_at_threshold']:.3f}/{op['false_alarm_at_threshold']:.3f} | "
             f"{ctrl:>17} | "
-            f"{s['rank1']:.3f}/{s['tar_at_far_1e-3']:.3f}"
+            f"{s['rank1']:.3f}/{s['tar_at_far_1e-3']:.3f} "
+            f"{s['dir_at_threshold']:.3f}/{u['dir_at_threshold']:.3f}"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
