@@ -29,6 +29,9 @@ fraction of enrolled people's probes ranked first AND above the threshold that l
 strangers through. Result (training/README.md): every variant is worse than the raw cosine on
 what a deployment sees; gallery Z-norm's closed-protocol TAR gain is that artefact.
 
+The cohort file holds the fused descriptors of every training chip and its 2 pool views; it is
+made (and cached) by training/metric_head.py's `train_descriptors` (its first run, ~9 min).
+
     OMP_NUM_THREADS=1 python training/embed_cache.py --copies 3 --policies redetect \\
         --out /work/cache/sn/v1_desc.npz
     OMP_NUM_THREADS=1 PYTHONPATH=training python training/score_norm.py /work/cache/sn/v1_desc.npz \\
