@@ -66,12 +66,20 @@ def l2(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def product_chips(
-    c: Cache, root: Path, copies: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n, 150, 150, 3) product chips of the cache's M2FRED enrollment and probe rows (in cache
-    order), (n, 3, ...) the 3 re-detected masked copies of each enrolled photo (zeros unless
-    `copies`), and whether a face was found. Also used by training/probe_completion.py."""
+def m2fred_rows(c: Cache) -> list[int]:
+    """The cache's M2FRED enrollment and probe rows, in cache order."""
+    return [i for i, k in enumerate(c.kinds) if k in ("m2fred-enroll", "m2fred-probe")]
+
+
+def product_chips(c: Cache, copies: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n, 150, 150, 3) product chips of `m2fred_rows(c)`, (n, 3, ...) the 3 re-detected masked
+    copies of each enrolled photo (zeros unless `copies`), and whether a face was found. Also
+    used by training/probe_completion.py."""
+    data = shared_data_dir()
+    if data is None:
+        raise SystemExit("../shared/data not found")
+    root = data / "eval"
+    cv2.setNumThreads(1)
     rec = Recognizer(Path("/nonexistent"), mask_copies=0)
     rec._detector = Detector(threads=1)
 
@@ -81,7 +89,7 @@ def product_chips(
         warp_batch(src, m[None], size=150, out=out, threads=1)
         return np.clip(out[0].transpose(1, 2, 0) + 0.5, 0, 255).astype(np.uint8)
 
-    rows = [i for i, k in enumerate(c.kinds) if k in ("m2fred-enroll", "m2fred-probe")]
+    rows = m2fred_rows(c)
     chips = np.zeros((len(rows), 150, 150, 3), np.uint8)
     masked = np.zeros((len(rows), 3, 150, 150, 3), np.uint8)
     found = np.zeros(len(rows), bool)
@@ -113,12 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     np.seterr(invalid="ignore", divide="ignore")
     c = Cache(args.cache)
-    root = shared_data_dir()
-    if root is None:
-        raise SystemExit("../shared/data not found")
-    cv2.setNumThreads(1)
-    rows = [i for i, k in enumerate(c.kinds) if k in ("m2fred-enroll", "m2fred-probe")]
-    chips, copies, found = product_chips(c, root / "eval")
+    rows = m2fred_rows(c)
+    chips, copies, found = product_chips(c)
     emb = Embedder("dlib-resnet-v1", threads=2)
 
     def views(box: tuple[int, int, int, int] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -28,11 +28,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from eye_crops import product_chips
+from eye_crops import m2fred_rows, product_chips
 from heldout import Cache, identity_bootstrap, split_identities
 from maskid.embedder import Embedder
 from maskid.metrics import identification_report
-from maskid.paths import shared_data_dir
 
 
 def l2(v: np.ndarray) -> np.ndarray:
@@ -61,11 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     np.seterr(invalid="ignore", divide="ignore")
     c = Cache(args.cache)
-    root = shared_data_dir()
-    if root is None:
-        raise SystemExit("../shared/data not found")
-    rows_m2 = [i for i, k in enumerate(c.kinds) if k in ("m2fred-enroll", "m2fred-probe")]
-    chip, _, ok = product_chips(c, root / "eval", copies=False)
+    rows_m2 = m2fred_rows(c)
+    chip, _, ok = product_chips(c, copies=False)
     enrolled = [j for j, i in enumerate(rows_m2) if c.kinds[i] == "m2fred-enroll" and ok[j]]
     probes = [j for j, i in enumerate(rows_m2) if c.kinds[i] == "m2fred-probe"]
     d = c.desc[rows_m2][:, 0]  # (n, 2 branches, 128): the plain chip's branch descriptors
