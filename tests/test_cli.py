@@ -413,3 +413,29 @@ def test_eval_open_set_reports_strangers_given_a_name(m2fred: Path, tmp_path: Pa
     seen = [f for p in people[4:] for f in sorted(p.glob("*-1-0.png")) if rec.analyze(f)]
     assert every["false_alarm_at_threshold"] == len(seen) / strangers
     assert every["dir_at_threshold"] == pytest.approx(every["rank1"])  # everybody passes
+
+
+def test_eval_memo_reuses_each_photos_descriptors(m2fred: Path, tmp_path: Path) -> None:
+    """A benchmark scoring the same photos under several protocols passes one memo: the second
+    run detects and embeds nothing and gives the same report."""
+    from maskid.evaluate import DescriptorMemo, evaluate_folders
+    from maskid.recognizer import Recognizer
+
+    subset = tmp_path / "m2fred"
+    for person in sorted(p for p in m2fred.iterdir() if p.is_dir())[:3]:
+        shutil.copytree(person, subset / person.name)
+    rec, memo = Recognizer(tmp_path / "unused", mask_copies=1), DescriptorMemo()
+    kw = {"enroll_pattern": "*-0-0.png", "probe_pattern": "*-1-0.png", "recognizer": rec}
+    first = evaluate_folders(subset, subset, memo=memo, **kw)  # type: ignore[arg-type]
+    assert len(memo.enrolled) == len(list(subset.glob("*/*-0-0.png")))
+    assert len(memo.probes) == len(list(subset.glob("*/*-1-0.png")))
+
+    class NoDetector:
+        def detect(self, image: object) -> None:
+            raise AssertionError("the memo should have spared this detection")
+
+    rec._detector = NoDetector()  # type: ignore[assignment]
+    again = evaluate_folders(subset, subset, memo=memo, **kw)  # type: ignore[arg-type]
+    assert again.report.as_dict() == first.report.as_dict()  # (NaN != NaN in the dataclass)
+    with pytest.raises(ValueError, match="one recognizer"):
+        evaluate_folders(subset, subset, memo=memo)

@@ -8,7 +8,7 @@ not enrolled are impostors. Probes with no face found stay in the counts as erro
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,16 @@ class EvalResult:
     impostor: np.ndarray  # probe-vs-other-identity scores
 
 
+@dataclass
+class DescriptorMemo:
+    """Per-photo results of one recognizer (model and mask copies), reused across
+    `evaluate_folders` calls: a benchmark scores the same photos under several protocols and
+    need not detect and embed them again. None records "no usable face"."""
+
+    enrolled: dict[Path, np.ndarray | None] = field(default_factory=dict)
+    probes: dict[Path, np.ndarray | None] = field(default_factory=dict)
+
+
 def evaluate_folders(
     enroll_dir: Path,
     probe_dir: Path,
@@ -38,8 +48,13 @@ def evaluate_folders(
     probe_pattern: str = "*",
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
     recognizer: Recognizer | None = None,
+    memo: DescriptorMemo | None = None,
 ) -> EvalResult:
+    """`memo` (with `recognizer`): reuse and record per-photo descriptors of that recognizer."""
     rec = recognizer or Recognizer(None, model=model, mask_copies=mask_copies)
+    if memo is not None and recognizer is None:
+        raise ValueError("a memo belongs to one recognizer: pass it too")
+    memo = memo if memo is not None else DescriptorMemo()
     enroll = identity_images(Path(enroll_dir), enroll_pattern)
     probes = identity_images(Path(probe_dir), probe_pattern)
     wrap = progress or (lambda x: x)
@@ -49,12 +64,11 @@ def evaluate_folders(
     vectors: list[np.ndarray] = []
     owners: list[int] = []
     for name, path in wrap(enroll):
-        try:
-            face, context = rec.enroll_face(rec.load(path))
-        except MaskidError:
+        if path not in memo.enrolled:
+            memo.enrolled[path] = _enrollment(rec, path)
+        v = memo.enrolled[path]
+        if v is None:
             continue  # an enrollment photo without a usable face simply adds nothing
-        seed = int(sha256_file(path)[:8], 16)  # same masks as `maskid enroll` would draw
-        v = rec._enrollment_vectors(context, face, seed)
         vectors.append(v)
         owners.extend([index[name]] * len(v))
     if not vectors:
@@ -66,14 +80,13 @@ def evaluate_folders(
     no_face = np.zeros(len(probes), bool)
     truth = np.array([index.get(name, -1) for name, _ in probes])
     for i, (_, path) in enumerate(wrap(probes)):
-        try:
-            faces = rec.analyze(path)
-        except MaskidError:
-            faces = []
-        if not faces or faces[0].descriptor is None:
+        if path not in memo.probes:
+            memo.probes[path] = _probe(rec, path)
+        q = memo.probes[path]
+        if q is None:
             no_face[i] = True
             continue
-        sims = gallery @ l2_normalize(faces[0].descriptor)
+        sims = gallery @ l2_normalize(q)
         np.maximum.at(scores[i], owner, sims)
     report = identification_report(scores, truth, no_face, threshold=threshold)
 
@@ -84,6 +97,25 @@ def evaluate_folders(
     mask[np.flatnonzero(known), truth[known]] = False
     mask[no_face] = False
     return EvalResult(rec.embedder.name, report, genuine, scores[mask])
+
+
+def _enrollment(rec: Recognizer, path: Path) -> np.ndarray | None:
+    """The photo's enrolled vectors (descriptor + masked copies), None without a usable face."""
+    try:
+        face, context = rec.enroll_face(rec.load(path))
+    except MaskidError:
+        return None
+    seed = int(sha256_file(path)[:8], 16)  # same masks as `maskid enroll` would draw
+    return rec._enrollment_vectors(context, face, seed)
+
+
+def _probe(rec: Recognizer, path: Path) -> np.ndarray | None:
+    """The descriptor of the photo's largest face, None where no face is found."""
+    try:
+        faces = rec.analyze(path)
+    except MaskidError:
+        return None
+    return faces[0].descriptor if faces else None
 
 
 def write_plots(result: EvalResult, out_dir: Path) -> list[Path]:
