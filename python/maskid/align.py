@@ -18,8 +18,12 @@ eye weighting is the default for every face (`masked=None`): gallery and probes 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from maskid.contract import ModelContract
 
 # MTCNN points (left_eye, right_eye, nose, mouth_left, mouth_right) in dlib's template units:
 # x, y in 0..1 before chip padding, like dlib's TEMPLATE_5 (see maskid.chip).
@@ -93,3 +97,26 @@ def chip_transform(
     mid = (size - 1) / 2
     m[:, 2] = centre - m[:, :2] @ np.array([mid, mid])
     return m
+
+
+def similarity_chip_transform(
+    landmarks5: np.ndarray, template_px: np.ndarray, weights: np.ndarray
+) -> np.ndarray:
+    """(2, 3) M mapping chip pixel (col, row, 1) to image (x, y) for a model whose chip puts the
+    five points at `template_px` (chip pixels): the weighted least-squares similarity from the
+    template onto the detected points (insightface's norm_crop, OMZ's alignment)."""
+    pts = np.asarray(landmarks5, dtype=np.float64)
+    if pts.shape != (5, 2) or not np.all(np.isfinite(pts)):
+        raise ValueError(f"expected finite (5, 2) landmarks, got {pts.shape}")
+    return weighted_similarity(np.asarray(template_px, np.float64), pts, np.asarray(weights))
+
+
+def model_chip_transform(landmarks5: np.ndarray, contract: ModelContract) -> np.ndarray:
+    """The chip transform of a face for the model described by `contract` (its own size,
+    template and landmark weights): the one place the pipeline turns landmarks into a chip."""
+    if contract.chip_geometry == "dlib":
+        pad = 0.25
+        return chip_transform(landmarks5, size=contract.input_size, padding=pad)
+    return similarity_chip_transform(
+        landmarks5, contract.template_px, np.asarray(contract.landmark_weights)
+    )
