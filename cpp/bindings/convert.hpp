@@ -69,8 +69,9 @@ inline std::vector<double> transforms_vec(const py::array& t) {
 }
 
 inline WarpParams warp_params(int64_t size, const std::array<float, 3>& mean, float scale,
-                              unsigned threads) {
+                              unsigned threads, bool bgr_out = false) {
   WarpParams p;
+  p.bgr_out = bgr_out;
   p.size = size;
   p.mean = mean;
   p.scale = scale;

@@ -85,11 +85,13 @@ void warp_row(const ImageView& image, const double* m, int64_t row, const WarpPa
     ty[c] = yc - static_cast<double>(top);
   }
 
-  // Source channel for each RGB output channel: the colour swap is folded into these offsets.
+  // Source channel for each output channel: the colour swap is folded into these offsets
+  // (a swap when the source order differs from the output's).
   const int64_t chs = image.channel_stride;
-  const int64_t ch0 = (image.bgr ? 2 : 0) * chs;
+  const bool swap = image.bgr != params.bgr_out;
+  const int64_t ch0 = (swap ? 2 : 0) * chs;
   const int64_t ch1 = chs;
-  const int64_t ch2 = (image.bgr ? 0 : 2) * chs;
+  const int64_t ch2 = (swap ? 0 : 2) * chs;
   const int64_t chan[3] = {ch0, ch1, ch2};
   uint8_t* __restrict v8 = u8.data();
   const uint8_t* base = image.data;

@@ -103,9 +103,10 @@ void warp_batch_device(const ImageView& image, const double* d_transforms, int64
   a.row_stride = image.row_stride;
   a.col_stride = image.col_stride;
   const int64_t cs = image.channel_stride;
-  a.chan[0] = (image.bgr ? 2 : 0) * cs;
+  const bool swap = image.bgr != params.bgr_out;  // source order vs the model's order
+  a.chan[0] = (swap ? 2 : 0) * cs;
   a.chan[1] = cs;
-  a.chan[2] = (image.bgr ? 0 : 2) * cs;
+  a.chan[2] = (swap ? 0 : 2) * cs;
   a.transforms = d_transforms;
   a.size = static_cast<int>(params.size);
   for (int k = 0; k < 3; ++k) a.mean[k] = params.mean[k];

@@ -115,8 +115,7 @@ def model_chip_transform(landmarks5: np.ndarray, contract: ModelContract) -> np.
     """The chip transform of a face for the model described by `contract` (its own size,
     template and landmark weights): the one place the pipeline turns landmarks into a chip."""
     if contract.chip_geometry == "dlib":
-        pad = 0.25
-        return chip_transform(landmarks5, size=contract.input_size, padding=pad)
+        return chip_transform(landmarks5, size=contract.input_size, padding=contract.chip_padding)
     return similarity_chip_transform(
         landmarks5, contract.template_px, np.asarray(contract.landmark_weights)
     )

@@ -31,7 +31,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from maskid.align import chip_transform
 from maskid.draw import annotate
 from maskid.errors import GalleryError, ImageError, UsageError
 from maskid.recognizer import Recognizer
@@ -110,7 +109,9 @@ class FacePipeline:
         if due:
             embedder = self.rec.embedder
             with _timed(timings, "align"):
-                batch = embedder.prepare(frame, [chip_transform(t.face.landmarks) for t in due])
+                batch = embedder.prepare(
+                    frame, [embedder.chip_transform(t.face.landmarks) for t in due]
+                )
             with _timed(timings, "embed"):
                 descriptors = embedder.embed_batch(batch)
             with _timed(timings, "search"):

@@ -10,7 +10,8 @@ Keys (all strings; JSON where structured):
   input_size        chip side S (JSON int, or [S, S] as the dlib port writes it)
   chip_geometry     "similarity": least-squares similarity of `chip_template` onto the landmarks,
                     sampled bilinearly (insightface's norm_crop, OMZ's alignment);
-                    "dlib": dlib's get_face_chip geometry (maskid.align.chip_transform)
+                    "dlib": dlib's get_face_chip geometry (maskid.align.chip_transform), with
+                    `chip_padding` (0.25)
   chip_template     JSON 5 x [x, y], fractions of S, in maskid's landmark order (left_eye,
                     right_eye, nose, mouth_left, mouth_right; "left" = smaller x in the image)
   landmark_weights  JSON 5 floats: weights of the points in the fit (masks hide the mouth)
@@ -45,10 +46,11 @@ class ModelContract:
     chip_template: tuple[tuple[float, float], ...]
     landmark_weights: tuple[float, ...]
     color_order: str
-    mean: tuple[float, float, float]
+    mean: tuple[float, ...]
     scale: float
     descriptor_dim: int
     metric: str = "cosine"
+    chip_padding: float = 0.25  # "dlib" geometry only: dlib's get_face_chip padding
 
     def __post_init__(self) -> None:
         if self.chip_geometry not in GEOMETRIES:
@@ -78,7 +80,9 @@ class ModelContract:
             "model_name": self.name,
             "input_size": json.dumps(self.input_size),
             "chip_geometry": self.chip_geometry,
-            "chip_template": json.dumps([[round(x, 8), round(y, 8)] for x, y in self.chip_template]),
+            "chip_template": json.dumps(
+                [[round(x, 8), round(y, 8)] for x, y in self.chip_template]
+            ),
             "landmark_weights": json.dumps(list(self.landmark_weights)),
             "color_order": self.color_order,
             "mean": json.dumps(list(self.mean)),
@@ -102,11 +106,14 @@ class ModelContract:
             geometry = meta.get("chip_geometry", "dlib")
             if geometry == "dlib":
                 pad = float(json.loads(meta.get("chip_padding", "0.25")))
+                extra = {"chip_padding": pad}
                 template = (pad + TEMPLATE) / (2 * pad + 1)
                 weights = json.loads(meta.get("landmark_weights", json.dumps(EYE_WEIGHTED)))
                 # The dlib graphs normalise inside; their "mean"/"scale" keys describe that.
-                mean, scale = (0.0, 0.0, 0.0), 1.0
+                mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+                scale = 1.0
             else:
+                extra = {}
                 template = np.asarray(json.loads(meta["chip_template"]), dtype=np.float64)
                 weights = json.loads(meta["landmark_weights"])
                 mean_raw = json.loads(meta["mean"])
@@ -119,10 +126,13 @@ class ModelContract:
                 chip_template=tuple((float(x), float(y)) for x, y in template),
                 landmark_weights=tuple(float(v) for v in weights),
                 color_order=meta.get("color_order", "RGB"),
-                mean=mean,  # type: ignore[arg-type]
+                mean=tuple(mean),
                 scale=scale,
                 descriptor_dim=dim if dim > 0 else 1,
                 metric=meta.get("metric", "cosine"),
+                **extra,
             )
         except (KeyError, ValueError, TypeError) as e:
-            raise ModelError(f"{name or 'model'}: malformed contract in its metadata ({e})") from None
+            raise ModelError(
+                f"{name or 'model'}: malformed contract in its metadata ({e})"
+            ) from None

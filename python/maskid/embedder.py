@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from maskid.contract import ModelContract
 from maskid.engine import TENSORRT_SUFFIXES, Engine, OnnxEngine
 from maskid.errors import ModelError
-from maskid.models import DEFAULT_MODEL, available_models, model_path, sha256_file
+from maskid.models import DEFAULT_MODEL, available_models, model_path, model_settings, sha256_file
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -29,8 +30,10 @@ class Embedder:
     """`Embedder("dlib-resnet-v1")`, `Embedder("path/to/model.onnx")`, or a TensorRT engine
     built from such a model by engines/build_engine.py (`Embedder("model....engine")`).
 
-    The model takes N x 3 x H x W float32 RGB 0..255 ("input") and returns N x dim
-    ("descriptor"); normalisation happens inside the graph.
+    The model takes N x 3 x S x S float32 ("input") and returns N x dim ("descriptor"). What
+    it expects of its input (chip size, the template the five landmarks are warped to, colour
+    order, normalisation) is its contract (`maskid.contract`), read from the model's metadata:
+    `chip_transform` and `prepare` follow it, so no model is fed another model's chip.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class Embedder:
         self._name = meta.get("model_name") or path.stem
         self._meta = meta
         self._model_id = f"{self._name}:{sha256_file(path)[:16]}"
+        self._set_contract()
 
     def _open_tensorrt(self, path: Path) -> None:
         """An engine stands in for the ONNX model it was built from: same name, settings and
@@ -95,6 +99,21 @@ class Embedder:
         self._size, self._dim, self._meta = h, dim, meta
         self._name = meta.get("model_name") or Path(str(info.get("model", path.stem))).stem
         self._model_id = f"{self._name}:{sha[:16]}"
+        self._set_contract()
+
+    def _set_contract(self) -> None:
+        contract = ModelContract.from_metadata(self._meta, self._name)
+        if contract.input_size != self._size:
+            raise ModelError(
+                f"{self.path.name}: its contract says {contract.input_size} px chips but the graph "
+                f"takes {self._size}"
+            )
+        if "descriptor_dim" in self._meta and contract.descriptor_dim != self._dim:
+            raise ModelError(
+                f"{self.path.name}: its contract says {contract.descriptor_dim}-d descriptors but "
+                f"the graph gives {self._dim}"
+            )
+        self.contract = contract
 
     @property
     def name(self) -> str:
@@ -125,17 +144,17 @@ class Embedder:
         return int(self._setting("enroll_mask_copies"))
 
     def _setting(self, key: str) -> str:
-        # Shipped models carry their operating settings in the ONNX metadata; the converted dlib
-        # model takes them from the registry (measured by benchmarks/accuracy.py).
-        from maskid.models import MODEL_SETTINGS
-
+        # Operating settings measured by benchmarks/accuracy.py live in the registry's settings
+        # file; a model from elsewhere may carry its own in its metadata.
         if key in self._meta:
             return self._meta[key]
-        return str(MODEL_SETTINGS.get(self._name, MODEL_SETTINGS["*"])[key])
+        return str(model_settings(self._name)[key])
 
-    @property
-    def chip_padding(self) -> float:
-        return float(json.loads(self._meta.get("chip_padding", "0.25")))
+    def chip_transform(self, landmarks5: np.ndarray) -> np.ndarray:
+        """(2, 3) chip -> image transform of a face for this model (its own template and size)."""
+        from maskid.align import model_chip_transform
+
+        return model_chip_transform(landmarks5, self.contract)
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         """float32 N x 3 x H x W RGB 0..255 -> float32 N x dim."""
@@ -153,7 +172,8 @@ class Embedder:
         return self._engine.run(batch)
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
-        """uint8 N x H x W x 3 RGB aligned chips -> float32 N x dim."""
+        """uint8 N x S x S x 3 RGB chips, aligned to this model's template -> float32 N x dim
+        (colour order and normalisation from the contract are applied here)."""
         if (
             chips.dtype != np.uint8
             or chips.ndim != 4
@@ -163,10 +183,15 @@ class Embedder:
                 f"expected uint8 N x {self._size} x {self._size} x 3, "
                 f"got {chips.dtype} {chips.shape}"
             )
-        return self.embed_batch(chips.transpose(0, 3, 1, 2).astype(np.float32))
+        c = self.contract
+        planes = chips[..., ::-1] if c.color_order == "BGR" else chips
+        batch = planes.transpose(0, 3, 1, 2).astype(np.float32)
+        batch -= np.asarray(c.mean, np.float32)[None, :, None, None]
+        batch *= np.float32(c.scale)
+        return self.embed_batch(np.ascontiguousarray(batch))
 
     def embed_image(self, image: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
-        """uint8 H x W x 3 RGB image + one chip transform per face (see maskid.chip) -> N x dim."""
+        """uint8 H x W x 3 RGB image + one chip transform per face (`chip_transform`) -> N x dim."""
         return self.embed_batch(self.prepare(image, transforms))
 
     def prepare(self, image: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
@@ -175,13 +200,25 @@ class Embedder:
         from maskid.chip import chip_source
         from maskid.preprocess import warp_batch
 
-        batch = np.zeros((len(transforms), 3, self._size, self._size), np.float32)
+        c = self.contract
+        # A pixel outside the image is 0 before normalisation, as in the C++ core.
+        batch = np.empty((len(transforms), 3, self._size, self._size), np.float32)
+        batch[:] = ((0.0 - np.asarray(c.mean, np.float32)) * np.float32(c.scale))[:, None, None]
         for i, m in enumerate(transforms):
-            # dlib samples large faces from a pyramid level: chip_source picks the level (a view
-            # of the image otherwise), and the C++ core warps straight into the batch.
+            # Large faces are sampled from a pyramid level (dlib's anti-aliasing): chip_source
+            # picks the level (a view of the image otherwise); the C++ core warps, reorders the
+            # colours and normalises straight into the batch.
             source, m_source = chip_source(image, m, self._size)
             if source.shape[0] >= 2 and source.shape[1] >= 2:
-                warp_batch(source, m_source[None], size=self._size, out=batch[i : i + 1])
+                warp_batch(
+                    source,
+                    m_source[None],
+                    size=self._size,
+                    mean=c.mean,
+                    scale=c.scale,
+                    bgr_out=c.color_order == "BGR",
+                    out=batch[i : i + 1],
+                )
         return batch
 
     def __repr__(self) -> str:

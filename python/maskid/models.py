@@ -11,7 +11,9 @@ horizontal-flip averaging in the graph (same weights, ~2x the compute); and ONNX
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -22,21 +24,42 @@ from maskid.paths import PACKAGE_DATA, cache_dir
 DLIB_MODEL = "dlib-resnet-v1"
 EYES_MODEL = "maskid-eyes-v1"
 EYES_FLIP_MODEL = "maskid-eyes-v1-flip"
-DEFAULT_MODEL = EYES_MODEL
-# Operating settings for models whose ONNX does not carry them (cosine threshold at FAR 1e-3 with
-# the enrolled masked copies, measured on the dev half of M2FRED: the even positions of its
-# sorted identities, benchmarks/accuracy.py; masked copies to enroll); "*" applies to unknown
-# .onnx files.
-MODEL_SETTINGS: dict[str, dict[str, float | int]] = {
-    DLIB_MODEL: {"threshold": 0.966, "enroll_mask_copies": 3},
-    EYES_MODEL: {"threshold": 0.963, "enroll_mask_copies": 3},
-    EYES_FLIP_MODEL: {"threshold": 0.968, "enroll_mask_copies": 3},
-    "*": {"threshold": 0.80, "enroll_mask_copies": 0},
-}
 DLIB_DAT = "dlib_face_recognition_resnet_model_v1.dat"
 # Bump when the converter's output changes, so stale cached ONNX files are not reused.
 CONVERTER_VERSION = "1"
 BUNDLED_DIR = PACKAGE_DATA / "models"
+# Operating settings per model (cosine threshold, masked copies to enroll) and the default model,
+# written by benchmarks/accuracy.py from its dev-split measurements, never by hand.
+SETTINGS_FILE = BUNDLED_DIR / "settings.json"
+# A model the benchmark has not measured (a user's own .onnx): no copies, a cautious threshold.
+UNMEASURED: dict[str, float | int] = {"threshold": 0.80, "enroll_mask_copies": 0}
+
+
+@functools.cache
+def _settings() -> dict[str, object]:
+    try:
+        data = json.loads(SETTINGS_FILE.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            raise ValueError("no 'models' table")
+        return data
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{SETTINGS_FILE} is unreadable ({e}): reinstall maskid") from None
+
+
+def model_settings(name: str) -> dict[str, float | int]:
+    """The operating settings of model `name` (`threshold`, `enroll_mask_copies`)."""
+    models = _settings()["models"]
+    assert isinstance(models, dict)
+    entry = models.get(name)
+    return {**UNMEASURED, **entry} if isinstance(entry, dict) else dict(UNMEASURED)
+
+
+def default_model() -> str:
+    """The model `maskid` uses when none is named: the benchmark's best on the dev split."""
+    return str(_settings().get("default", EYES_MODEL))
+
+
+DEFAULT_MODEL = default_model()
 
 
 def dlib_dat_path() -> Path:

@@ -28,16 +28,19 @@ def warp_batch(
     scale: float = 1.0,
     out: np.ndarray | None = None,
     threads: int = 0,
+    bgr_out: bool = False,
 ) -> np.ndarray:
-    """Cut face chips out of `image` and return them as float32 ``(N, 3, size, size)`` RGB.
+    """Cut face chips out of `image` and return them as float32 ``(N, 3, size, size)`` planes,
+    RGB (BGR with `bgr_out`: the channel order the model's contract states).
 
     :param image: uint8 ``(H, W, 3)`` array, any strides (slices and channel-reversed views are
         read in place). Other dtypes raise TypeError: convert explicitly.
     :param transforms: float64 ``(N, 2, 3)`` (or one ``(2, 3)``) affine matrices, each mapping chip
         pixel ``(col, row, 1)`` to image ``(x, y)`` (as ``Face.chip_transform``). Lists are
         converted; arrays of another dtype raise TypeError.
-    :param bgr: the image is in OpenCV's BGR order (the output is RGB either way).
-    :param mean: per RGB channel, subtracted before scaling; ``out = (v - mean) * scale``. The
+    :param bgr: the image is in OpenCV's BGR order.
+    :param bgr_out: write the planes in BGR order (e.g. OMZ models) instead of RGB.
+    :param mean: per output channel, subtracted before scaling; ``out = (v - mean) * scale``. The
         maskid ONNX embedders normalise inside the graph, so the defaults (0, 1) are usual.
     :param out: a float32 C-contiguous ``(N, 3, size, size)`` array to fill (e.g. a pinned
         engine input buffer); a new array is returned when None.
@@ -48,7 +51,7 @@ def warp_batch(
     m = tuple(float(v) for v in mean)
     if len(m) != 3:
         raise ValueError(f"mean must have 3 values (R, G, B), got {len(m)}")
-    return _core.warp_batch(image, transforms, size, bgr, m, float(scale), out, threads)
+    return _core.warp_batch(image, transforms, size, bgr, m, float(scale), out, threads, bgr_out)
 
 
 def reference_warp(
@@ -58,13 +61,14 @@ def reference_warp(
     bgr: bool = False,
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     scale: float = 1.0,
+    bgr_out: bool = False,
 ) -> np.ndarray:
     """The exact semantics of `warp_batch` in plain NumPy (slow; for checks and benchmarks).
 
     ``(x, y) = M @ (col, row, 1)`` in double; outside ``[0, W-1) x [0, H-1)`` the pixel is 0;
     inside, bilinear in double, truncated to uint8, then ``(v - mean) * scale`` in float32.
     """
-    img = np.asarray(image)[..., ::-1] if bgr else np.asarray(image)
+    img = np.asarray(image)[..., ::-1] if bgr != bgr_out else np.asarray(image)
     h, w = img.shape[:2]
     src = img.astype(np.float64)
     cols, rows = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64))

@@ -162,12 +162,12 @@ class Recognizer:
         return faces, padded, pad
 
     def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        """Align and embed `faces` of `image` in one batch; writes `chip_transform`/`descriptor`."""
-        from maskid.align import chip_transform
+        """Align and embed `faces` of `image` in one batch; writes `chip_transform`/`descriptor`.
 
+        Each face is warped to the embedder's own chip geometry (its contract)."""
         if not faces:
             return np.zeros((0, self.embedder.dim), np.float32)
-        transforms = [chip_transform(f.landmarks) for f in faces]
+        transforms = [self.embedder.chip_transform(f.landmarks) for f in faces]
         descriptors = self.embedder.embed_image(image, transforms)
         for f, m, d in zip(faces, transforms, descriptors, strict=True):
             f.chip_transform = m
@@ -241,15 +241,13 @@ class Recognizer:
 
         `masked` is in the coordinates `face` was detected in (`enroll_face`'s context image,
         already bordered for a tight crop, as a probe's image is before detection)."""
-        from maskid.align import chip_transform
-
         assert face.chip_transform is not None
         best, best_iou = None, COPY_MIN_IOU
         for f in self.detector.detect(masked):
             overlap = float(iou(f.box, face.box)[0, 0])
             if overlap >= best_iou:
                 best, best_iou = f, overlap
-        return face.chip_transform if best is None else chip_transform(best.landmarks)
+        return face.chip_transform if best is None else self.embedder.chip_transform(best.landmarks)
 
     def enroll_face(self, image: np.ndarray) -> tuple[Face, np.ndarray]:
         """The single face of an enrollment photo (several faces is an error: whose is it?),

@@ -1,5 +1,6 @@
 #pragma once
 // Face-chip preprocessing: warp, colour order, normalisation and NCHW layout in one pass.
+// The output planes are RGB, or BGR with bgr_out (each model states its order in its contract).
 //
 // Sampling follows dlib's extract_image_chip exactly, so descriptors match dlib's:
 //   (x, y) = M * (col, row, 1) in double; left = floor(x), top = floor(y);
@@ -18,14 +19,15 @@ struct ImageView {
   int64_t row_stride = 0;      // bytes between rows
   int64_t col_stride = 3;      // bytes between pixels of a row
   int64_t channel_stride = 1;  // bytes between channels of a pixel
-  bool bgr = false;            // channel order of the source; the output is always RGB
+  bool bgr = false;            // channel order of the source
 };
 
 struct WarpParams {
   int64_t size = 150;                  // chip side S
-  std::array<float, 3> mean{0, 0, 0};  // per output (RGB) channel
+  std::array<float, 3> mean{0, 0, 0};  // per output channel (in the output's order)
   float scale = 1.0f;
   unsigned threads = 0;  // 0 = all cores
+  bool bgr_out = false;  // channel order of the output planes (the model's, e.g. OMZ's BGR)
 };
 
 // Throws std::invalid_argument on a bad view or parameters.
