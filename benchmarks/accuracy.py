@@ -1,296 +1,313 @@
-"""The table that decides which embedder ships (issue 5).
+"""The table that decides which embedder ships (issue 12), on a protocol fixed before any choice.
 
-Rows: (a) the dlib port as is; (b) (a) + synthetically masked copies of every enrolled photo;
-(c) fine-tuned with mask augmentation, no eye weighting; (d) eye-region weighted;
-(e) the best of (c)/(d) with (b)'s masked copies.
-Columns per dataset: masked rank-1, TAR@FAR=1e-3, EER; plus the unmasked control
-(M2FRED: enroll session 1 unmasked, probe the other sessions unmasked).
+Splits (`maskid.splits`): M2FRED identities sorted, even positions dev, odd test; a quarter of
+`train/rmfd`'s identities and a twentieth of `train/lfw`'s held out of training as dev. Every
+choice (model, copies, threshold) is made on dev; M2FRED's test half is only reported.
 
-Datasets: ../shared/data/eval/m2fred (enroll *-0-0.png, probe *-1-0.png: real masks) and
-../shared/data/demo/lfw10 (enroll photo 1, probe photos 2..10 with synthetic masks).
+Per row (a model, and how many synthetically masked copies it enrolls beside each photo):
+- dev sources, each a closed gallery: M2FRED dev half (enroll every unmasked photo, probe every
+  masked one: same-day photos), RMFD dev (enroll the unmasked web photos, probe the real masked
+  ones: other occasions), LFW dev (enroll photo 1, probe photos 2-9: unmasked, other occasions).
+  Cells: masked rank-1 / TAR@FAR=1e-3 / EER.
+- the operating threshold, calibrated across occasions: FAR 1e-3 on the pooled impostor scores of
+  RMFD dev (masked vs unmasked), LFW dev (across photos) and M2FRED dev across sessions (enroll
+  session 1 unmasked, probe the masked photos of sessions 2-4); each source's FAR / TAR at it.
+- what a user meets at that threshold: the share of masked probes *named* correctly (M2FRED dev
+  and RMFD dev: the dev score, below), and the open set (M2FRED dev half enrolled, every masked
+  probe searched: the test half's people are strangers): named / strangers named.
+- the report on M2FRED's test half: masked rank-1 / TAR@1e-3 / EER, the share named and the FAR
+  at the dev threshold, and the unmasked control (enroll session 1, probe sessions 2-4 unmasked).
 
-Held-out protocol: M2FRED is the only real-mask set, so it is split by identity (sorted ids, even
-positions "dev", odd "test"; `split_identities`). Settings and the operating threshold are chosen
-on dev; test is the report. Each half is its own closed gallery (~21 identities, so its rank-1
-is higher than over all 43). The test half is also scored at the dev half's FAR-1e-3 threshold
-(`test_at_dev_threshold`: the FAR/FRR a user would see). "all" is the old single-set protocol.
-Open set (`open_set_dev_enrolled`): the dev half enrolled and every masked probe searched, so the
-test half's people are strangers; at the dev threshold, the share of enrolled people's probes
-named correctly (DIR) and of strangers' probes given a name (false alarms). Closed halves can
-flatter score tricks that lean on the true mate being enrolled (training/score_norm.py).
-lfw10 is also scored at each model's own operating threshold, masked and unmasked (photos of
-other occasions than the enrolled one): the share named correctly, i.e. how strict the threshold
-chosen on M2FRED's same-day photos is elsewhere.
+The rule, fixed before the table was filled: the dev score is the mean of the shares of masked
+probes named correctly at the row's threshold on M2FRED dev and on RMFD dev; the default is the
+row with the best dev score (ties: higher pooled dev rank-1). `--write-settings` writes each
+model's threshold and copies (its best-scoring copies setting) and that default to
+`python/maskid/data/models/settings.json`, which the model registry reads.
 
-    python benchmarks/accuracy.py --json out/accuracy.json [--quick] [--threads 1]
+    python benchmarks/accuracy.py --json training/results/accuracy_table.json [--write-settings]
 
-`--quick` is a smoke run (rows (a) and (e) on the first 12 M2FRED identities): about a minute.
+`--quick`: a smoke run of two rows on a few identities per source, under a minute.
+Detection is model-independent, so it runs once per photo for all rows (`MemoDetector`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from maskid.draw import write_image
-from maskid.evaluate import DescriptorMemo, evaluate_folders
-from maskid.masks import apply_mask
-from maskid.models import sha256_file
+from maskid.detect import Detector
+from maskid.embedder import Embedder
+from maskid.evaluate import DescriptorMemo, EvalResult, evaluate_folders
+from maskid.face import Face
+from maskid.metrics import rates, threshold_at_far
+from maskid.models import SETTINGS_FILE
 from maskid.paths import shared_data_dir
-from maskid.recognizer import Recognizer, identity_images
+from maskid.recognizer import Recognizer
+from maskid.splits import identity_dirs, lfw_dev, m2fred_halves, rmfd_dev
 
-HALVES = ("dev", "test", "all")
-
-
-def split_identities(ids: list[str]) -> dict[str, list[str]]:
-    """Deterministic identity-disjoint halves: sorted ids, even positions dev, odd test."""
-    s = sorted(ids)
-    return {"dev": s[0::2], "test": s[1::2], "all": s}
-
-
-def split_folders(root: Path, out: Path, limit: int = 0) -> dict[str, Path]:
-    """`out/<half>/<id>` symlinks to `root/<id>`, per half of `split_identities` (of the first
-    `limit` identities in sorted order, if given)."""
-    ids = sorted(p.name for p in root.iterdir() if p.is_dir())
-    ids = ids[:limit] if limit else ids
-    dirs = {}
-    for half, members in split_identities(ids).items():
-        dirs[half] = out / half
-        dirs[half].mkdir(parents=True, exist_ok=True)
-        for name in members:
-            link = dirs[half] / name
-            if not link.exists():
-                os.symlink((root / name).resolve(), link)
-    return dirs
+FAR = 1e-3
+DEFAULT_ROWS = [
+    "dlib-resnet-v1:0",
+    "dlib-resnet-v1:3",
+    "maskid-eyes-v1:0",
+    "maskid-eyes-v1:3",
+    "omz-face-reid-0095:0",
+    "omz-face-reid-0095:3",
+    "edgeface-xs:0",
+    "edgeface-xs:3",
+    "edgeface-xxs:0",
+    "edgeface-xxs:3",
+]
+QUICK_ROWS = ["dlib-resnet-v1:0", "maskid-eyes-v1:3"]
+# Threshold -> FAR/TAR table per dev source (the model card's calibration table).
+GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
 
-def synthetic_masked_probes(lfw: Path, out: Path, rec: Recognizer, per_person: int) -> Path:
-    """Photos 2.. of each lfw10 person with a synthetic mask (seeded by the file's hash)."""
-    for name, path in identity_images(lfw):
-        if path.stem.endswith("_0001"):
-            continue
-        dest = out / name / f"{path.stem}.png"
-        if len(list(dest.parent.glob("*.png"))) >= per_person:
-            continue
-        img = rec.load(path)
-        faces = rec.analyze(img)
-        if not faces:
-            continue  # written nowhere: counted as missing below
-        rng = np.random.default_rng(int(sha256_file(path)[:8], 16))
-        write_image(dest, apply_mask(img, faces[0].landmarks, rng=rng))
+class MemoDetector:
+    """A detector that answers each distinct image once: every row sees the same faces."""
+
+    def __init__(self, threads: int) -> None:
+        self._det = Detector(threads=threads)
+        self._memo: dict[tuple[str, bytes], list[Face]] = {}
+
+    def _key(self, kind: str, image: np.ndarray, extra: bytes = b"") -> tuple[str, bytes]:
+        h = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16)
+        h.update(str(image.shape).encode() + extra)
+        return kind, h.digest()
+
+    @staticmethod
+    def _copy(faces: list[Face]) -> list[Face]:
+        return [Face(f.box.copy(), f.score, f.landmarks.copy()) for f in faces]
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        key = self._key("detect", image)
+        if key not in self._memo:
+            self._memo[key] = self._det.detect(image)
+        return self._copy(self._memo[key])
+
+    def score_boxes(self, image: np.ndarray, boxes: np.ndarray) -> list[Face]:
+        key = self._key("boxes", image, np.asarray(boxes, np.float64).tobytes())
+        if key not in self._memo:
+            self._memo[key] = self._det.score_boxes(image, boxes)
+        return self._copy(self._memo[key])
+
+
+def link_subset(root: Path, ids: list[str], out: Path) -> Path:
+    """`out/<id>` symlinks to `root/<id>` for `ids`."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ids:
+        link = out / name
+        if not link.exists():
+            os.symlink((root / name).resolve(), link)
     return out
 
 
-def _tar(row: dict[str, object]) -> float:
-    """Masked TAR@FAR=1e-3 on the dev half: what row (e) is chosen by."""
-    masked = row["m2fred_masked"]
-    assert isinstance(masked, dict)
-    return float(masked["dev"]["tar_at_far_1e-3"])
+def protocols(data: Path, tmp: Path, quick: bool) -> dict[str, tuple[Path, Path, str, str]]:
+    """name -> (enroll dir, probe dir, enroll pattern, probe pattern)."""
+    m2fred = data / "eval" / "m2fred"
+    halves = m2fred_halves(identity_dirs(m2fred))
+    rmfd_ids = rmfd_dev(identity_dirs(data / "train" / "rmfd"))
+    lfw_ids = lfw_dev(identity_dirs(data / "train" / "lfw"))
+    if quick:
+        halves = {k: v[:6] for k, v in halves.items()}
+        halves["all"] = sorted(halves["dev"] + halves["test"])
+        rmfd_ids, lfw_ids = rmfd_ids[:6], lfw_ids[:6]
+    dev = link_subset(m2fred, halves["dev"], tmp / "m2fred-dev")
+    test = link_subset(m2fred, halves["test"], tmp / "m2fred-test")
+    every = link_subset(m2fred, halves["all"], tmp / "m2fred-all")
+    rmfd = link_subset(data / "train" / "rmfd", rmfd_ids, tmp / "rmfd-dev")
+    lfw = link_subset(data / "train" / "lfw", lfw_ids, tmp / "lfw-dev")
+    return {
+        "m2fred_dev": (dev, dev, "*-0-0.png", "*-1-0.png"),
+        "m2fred_dev_sessions": (dev, dev, "1-0-0.png", "[234]-1-0.png"),
+        "rmfd_dev": (rmfd, rmfd, "[!m]*.jpg", "masked_*.jpg"),
+        "lfw_dev": (lfw, lfw, "*_0001.jpg", "*_000[2-9].jpg"),
+        "m2fred_test": (test, test, "*-0-0.png", "*-1-0.png"),
+        "control_dev": (dev, dev, "1-0-0.png", "[234]-0-0.png"),
+        "control_test": (test, test, "1-0-0.png", "[234]-0-0.png"),
+        "open_set": (dev, every, "*-0-0.png", "*-1-0.png"),
+    }
 
 
-def _recognizer(model: str, copies: int, threads: int) -> Recognizer:
-    from maskid.detect import Detector
-    from maskid.embedder import Embedder
+CALIBRATION = ("rmfd_dev", "lfw_dev", "m2fred_dev_sessions")
+NAMED = ("m2fred_dev", "rmfd_dev")
 
-    rec = Recognizer(None, model=model, mask_copies=copies)
-    # The Recognizer builds its stages with all cores; a benchmark sharing the machine pins them.
-    rec._detector = Detector(threads=threads)
-    rec._embedder = Embedder(model, threads=threads)
-    return rec
+
+def run_row(
+    model: str,
+    copies: int,
+    detector: MemoDetector,
+    prots: dict[str, tuple[Path, Path, str, str]],
+    probe_memos: dict[str, DescriptorMemo],
+    threads: int,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    emb = Embedder(model, threads=threads)
+    rec = Recognizer(None, mask_copies=copies, detector=detector, embedder=emb)  # type: ignore[arg-type]
+    plain = Recognizer(None, mask_copies=0, detector=detector, embedder=emb)  # type: ignore[arg-type]
+    # Probes do not depend on the copies: one probe memo per model, enrollments per recognizer.
+    memo = DescriptorMemo(probes=probe_memos.setdefault(model, DescriptorMemo()).probes)
+    plain_memo = DescriptorMemo(probes=memo.probes)
+
+    def ev(name: str, threshold: float | None = None) -> EvalResult:
+        enroll, probe, ep, pp = prots[name]
+        r, m = (plain, plain_memo) if name.startswith("control") else (rec, memo)
+        return evaluate_folders(
+            enroll, probe, recognizer=r, memo=m, enroll_pattern=ep, probe_pattern=pp,
+            threshold=threshold,
+        )  # fmt: skip
+
+    closed = {name: ev(name) for name in prots if name != "open_set"}
+    pooled = np.concatenate([closed[n].impostor for n in CALIBRATION])
+    thr = threshold_at_far(pooled, FAR)
+    at = {name: ev(name, thr) for name in (*NAMED, "m2fred_test", "open_set")}
+    calibration: dict[str, Any] = {"pooled_impostors": len(pooled), "threshold": thr}
+    for n in CALIBRATION:
+        g, i = closed[n].genuine, closed[n].impostor
+        far, frr = rates(g, i, thr)
+        calibration[n] = {
+            "far": far,
+            "tar": 1 - frr,
+            "n_impostor": len(i),
+            "grid": [
+                {"threshold": t, "far": rates(g, i, t)[0], "tar": 1 - rates(g, i, t)[1]}
+                for t in GRID
+            ],
+        }
+    named = {n: at[n].report.dir_at_threshold for n in NAMED}
+    out: dict[str, Any] = {
+        "model": emb.name,
+        "mask_copies": copies,
+        "threshold": thr,
+        "calibration": calibration,
+        "closed": {n: r.report.as_dict() for n, r in closed.items()},
+        "at_threshold": {n: r.report.as_dict() for n, r in at.items()},
+        "dev_named": named,
+        "dev_score": float(np.mean(list(named.values()))),
+        "dev_rank1": float(np.mean([closed[n].report.rank1 for n in NAMED])),
+        "seconds": time.perf_counter() - t0,
+    }
+    return out
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
+    def cell(r: dict[str, Any], name: str) -> str:
+        c = r["closed"][name]
+        return f"{c['rank1']:.3f}/{c['tar_at_far_1e-3']:.3f}/{c['eer']:.3f}"
+
+    print(
+        "cells: masked rank-1 / TAR@FAR1e-3 / EER (closed gallery per source); thr: FAR 1e-3 on "
+        "pooled cross-occasion dev impostors; named: share of masked probes named correctly at "
+        "thr; open: M2FRED dev enrolled, all masked probes: named / strangers named; test@thr: "
+        "M2FRED test named / FAR at thr; control: unmasked rank-1 dev/test"
+    )
+    header = (
+        f"{'model':<22}{'cp':>2} | {'M2FRED dev':>17} | {'RMFD dev':>17} | {'LFW dev r1':>10} | "
+        f"{'thr':>6} | {'named m2/rmfd':>13} | {'score':>5} | {'open':>11} | "
+        f"{'M2FRED test':>17} | {'test@thr':>11} | {'control':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results.values():
+        a = r["at_threshold"]
+        op, te = a["open_set"], a["m2fred_test"]
+        cd, ct = r["closed"]["control_dev"], r["closed"]["control_test"]
+        print(
+            f"{r['model']:<22}{r['mask_copies']:>2} | {cell(r, 'm2fred_dev'):>17} | "
+            f"{cell(r, 'rmfd_dev'):>17} | {r['closed']['lfw_dev']['rank1']:>10.3f} | "
+            f"{r['threshold']:>6.3f} | {r['dev_named']['m2fred_dev']:.3f}/"
+            f"{r['dev_named']['rmfd_dev']:.3f}   | {r['dev_score']:.3f} | "
+            f"{op['dir_at_threshold']:.3f}/{op['false_alarm_at_threshold']:.3f} | "
+            f"{cell(r, 'm2fred_test'):>17} | {te['dir_at_threshold']:.3f}/"
+            f"{te['far_at_threshold']:.4f} | {cd['rank1']:.3f}/{ct['rank1']:.3f}"
+        )
+
+
+def choose(results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, dict[str, float | int]]]:
+    """The default (best dev score, ties by dev rank-1) and each model's best copies setting."""
+    best_per_model: dict[str, dict[str, Any]] = {}
+    for r in results.values():
+        cur = best_per_model.get(r["model"])
+        if cur is None or (r["dev_score"], r["dev_rank1"]) > (cur["dev_score"], cur["dev_rank1"]):
+            best_per_model[r["model"]] = r
+    default = max(best_per_model.values(), key=lambda r: (r["dev_score"], r["dev_rank1"]))
+    settings = {
+        m: {"threshold": round(float(r["threshold"]), 4), "enroll_mask_copies": r["mask_copies"]}
+        for m, r in sorted(best_per_model.items())
+    }
+    return str(default["model"]), settings
+
+
+def write_settings(default: str, settings: dict[str, dict[str, float | int]]) -> None:
+    doc = json.loads(SETTINGS_FILE.read_text())
+    doc["default"] = default
+    doc["models"] = {**doc.get("models", {}), **settings}
+    tmp = SETTINGS_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, SETTINGS_FILE)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 rows, 6 ids per source")
     ap.add_argument(
-        "--quick",
-        action="store_true",
-        help="a smoke run in about a minute: rows (a) and (e) only, the first 12 M2FRED "
-        "identities, 3 lfw10 probes each (figures not comparable with a full run)",
-    )
-    ap.add_argument("--baseline", default="dlib-resnet-v1", help="row (a) model")
-    ap.add_argument("--finetuned", default=None, help="row (c) model: name or .onnx path")
-    ap.add_argument("--eyes", default="maskid-eyes-v1", help="row (d) model: name or .onnx path")
-    ap.add_argument("--mask-copies", type=int, default=3, help="masked copies for rows (b), (e)")
-    ap.add_argument(
-        "--extra",
+        "--row",
         action="append",
-        default=[],
-        metavar="LABEL=MODEL[:COPIES]",
-        help="another row, e.g. d-gate=path/to/maskid-eyegate-v1.onnx or "
-        "e-flip=maskid-eyes-v1-flip:3 (repeatable; default 0 copies)",
+        metavar="MODEL:COPIES",
+        help="a row (repeatable; MODEL is a registry name or an .onnx path); default: "
+        + ", ".join(DEFAULT_ROWS),
     )
     ap.add_argument("--threads", type=int, default=1, help="detector/embedder threads (0: all)")
+    ap.add_argument(
+        "--write-settings",
+        action="store_true",
+        help=f"write thresholds, copies and the default to {SETTINGS_FILE.name}",
+    )
     args = ap.parse_args(argv)
-
     data = shared_data_dir()
     if data is None:
         print("accuracy: ../shared/data not found (set MASKID_SHARED)", file=sys.stderr)
         return 2
-    m2fred = data / "eval" / "m2fred"
-    lfw = data / "demo" / "lfw10"
+    if args.quick and args.write_settings:
+        ap.error("--quick figures must not become settings")
+    rows = args.row or (QUICK_ROWS if args.quick else DEFAULT_ROWS)
+    parsed = []
+    for row in rows:
+        model, _, copies = row.rpartition(":")
+        if not model or not copies.isdigit():
+            ap.error(f"--row wants MODEL:COPIES, got {row!r}")
+        parsed.append((model, int(copies)))
 
-    rows: list[tuple[str, str, int]] = [
-        ("a", args.baseline, 0),
-        ("b", args.baseline, args.mask_copies),
-    ]
-    if args.finetuned:
-        rows.append(("c", args.finetuned, 0))
-    if args.eyes:
-        rows.append(("d", args.eyes, 0))
-    for extra in args.extra:
-        label, _, model = extra.partition("=")
-        copies = 0
-        head, colon, tail = model.rpartition(":")
-        if colon and tail.isdigit():
-            model, copies = head, int(tail)
-        if not model:
-            ap.error(f"--extra wants LABEL=MODEL[:COPIES], got {extra!r}")
-        rows.append((label, model, copies))
-
-    results: dict[str, dict[str, object]] = {}
+    threads = args.threads or (os.cpu_count() or 1)
     tmp = Path(tempfile.mkdtemp(prefix="maskid-accuracy-"))
-    halves = split_folders(m2fred, tmp / "m2fred", limit=12 if args.quick else 0)
-
-    def run(label: str, model: str, copies: int) -> None:
-        t0 = time.perf_counter()
-        rec = _recognizer(model, copies, args.threads)
-        plain = _recognizer(model, 0, args.threads)
-        # each photo is detected and embedded once per recognizer, whatever the protocol
-        memo, plain_memo = DescriptorMemo(), DescriptorMemo()
-        masked, control = {}, {}
-        for half in HALVES:
-            d = halves[half]
-            masked[half] = evaluate_folders(
-                d,
-                d,
-                recognizer=rec,
-                memo=memo,
-                enroll_pattern="*-0-0.png",
-                probe_pattern="*-1-0.png",
-            ).report.as_dict()
-            control[half] = evaluate_folders(
-                d,
-                d,
-                recognizer=plain,
-                memo=plain_memo,
-                enroll_pattern="1-0-0.png",
-                probe_pattern="[234]-0-0.png",
-            ).report.as_dict()
-        d = halves["test"]
-        masked["test_at_dev_threshold"] = evaluate_folders(
-            d,
-            d,
-            recognizer=rec,
-            memo=memo,
-            enroll_pattern="*-0-0.png",
-            probe_pattern="*-1-0.png",
-            threshold=float(masked["dev"]["threshold"]),
-        ).report.as_dict()
-        # Open set, as a deployment meets strangers: the dev half enrolled, every masked probe
-        # searched (the test half's people are strangers), at the dev half's threshold.
-        masked["open_set_dev_enrolled"] = evaluate_folders(
-            halves["dev"],
-            halves["all"],
-            recognizer=rec,
-            memo=memo,
-            enroll_pattern="*-0-0.png",
-            probe_pattern="*-1-0.png",
-            threshold=float(masked["dev"]["threshold"]),
-        ).report.as_dict()
-        probes = synthetic_masked_probes(lfw, tmp / "lfw10-masked", rec, 3 if args.quick else 9)
-        # lfw10 at the model's own operating threshold: photos of other occasions than the
-        # enrolled one, masked and not (named = right person at or above the threshold)
-        lfw_rep = evaluate_folders(
-            lfw,
-            probes,
-            recognizer=rec,
-            memo=memo,
-            enroll_pattern="*_0001.jpg",
-            probe_pattern="*.png",
-            threshold=rec.threshold,
-        ).report
-        lfw_plain = evaluate_folders(
-            lfw,
-            lfw,
-            recognizer=rec,
-            memo=memo,
-            enroll_pattern="*_0001.jpg",
-            probe_pattern="*_00[01][02-9].jpg",  # photos 2-10
-            threshold=rec.threshold,
-        ).report
-        results[label] = {
-            "model": rec.embedder.name,
-            "mask_copies": copies,
-            "split": "M2FRED identities sorted; dev = even positions, test = odd",
-            "m2fred_masked": masked,
-            "m2fred_unmasked_control": control,
-            "lfw10_synthetic_masked": lfw_rep.as_dict(),
-            "lfw10_unmasked": lfw_plain.as_dict(),
-            "seconds": time.perf_counter() - t0,
-        }
-        print(f"  row ({label}) done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-
-    extras = rows[len(rows) - len(args.extra) :]
-    if args.quick:  # the baseline and the shipped configuration only
-        run("a", args.baseline, 0)
-        run("e", args.eyes or args.baseline, args.mask_copies)
-    else:
-        for label, model, copies in rows[: len(rows) - len(args.extra)]:
-            run(label, model, copies)
-        models = {label: model for label, model, _ in rows}
-        tuned = [k for k in ("c", "d") if k in results]
-        if tuned:  # chosen on the dev half only
-            best = max(tuned, key=lambda k: _tar(results[k]))
-            run("e", models[best], args.mask_copies)
-    for label, model, copies in extras:
-        run(label, model, copies)
-
-    print(
-        "M2FRED masked: rank-1 / TAR@FAR=1e-3 / EER per half; control: unmasked rank-1; "
-        "test@dev-thr: the test half's FAR / TAR at the dev half's FAR-1e-3 threshold; "
-        "open DIR/FA: dev half enrolled, all masked probes searched, at that threshold: share of "
-        "enrolled people's probes named correctly / of strangers' probes given a name; "
-        "LFW10: synthetic-masked rank-1 / TAR, then the share named correctly at the model's "
-        "threshold, masked / unmasked"
-    )
-    header = (
-        f"{'row':<4}{'model':<20}{'cp':>2} | {'dev r1/TAR/EER':>17} | {'test r1/TAR/EER':>17} | "
-        f"{'all r1/TAR/EER':>17} | {'dev thr':>7} {'test@dev-thr':>12} | "
-        f"{'open DIR/FA':>11} | {'control d/t/all':>17} | {'LFW10 r1/TAR named m/u':>23}"
-    )
-    print(header)
-    print("-" * len(header))
-    for label, r in results.items():
-        m, c, s = r["m2fred_masked"], r["m2fred_unmasked_control"], r["lfw10_synthetic_masked"]
-        u = r["lfw10_unmasked"]
-        assert isinstance(m, dict) and isinstance(c, dict) and isinstance(s, dict)
-        assert isinstance(u, dict)
-        cells = [
-            "/".join(f"{m[h][k]:.3f}" for k in ("rank1", "tar_at_far_1e-3", "eer")) for h in HALVES
-        ]
-        at, op = m["test_at_dev_threshold"], m["open_set_dev_enrolled"]
-        ctrl = "/".join(f"{c[h]['rank1']:.3f}" for h in HALVES)
-        print(
-            f"({label}) {r['model']:<20}{r['mask_copies']:>2} | {cells[0]:>17} | {cells[1]:>17} | "
-            f"{cells[2]:>17} | {m['dev']['threshold']:>7.4f} "
-            f"{at['far_at_threshold']:>6.4f}/{1 - at['frr_at_threshold']:.3f} | "
-            f"{op['dir_at_threshold']:.3f}/{op['false_alarm_at_threshold']:.3f} | "
-            f"{ctrl:>17} | "
-            f"{s['rank1']:.3f}/{s['tar_at_far_1e-3']:.3f} "
-            f"{s['dir_at_threshold']:.3f}/{u['dir_at_threshold']:.3f}"
-        )
+    prots = protocols(data, tmp, args.quick)
+    detector = MemoDetector(threads)
+    probe_memos: dict[str, DescriptorMemo] = {}
+    results: dict[str, dict[str, Any]] = {}
+    for model, copies in tqdm(parsed, desc="rows", unit="row"):
+        results[f"{model}:{copies}"] = run_row(model, copies, detector, prots, probe_memos, threads)
+    print_table(results)
+    default, settings = choose(results)
+    print(f"\nbest on dev (the default by the rule): {default} with {settings[default]}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        doc = {"protocol": __doc__, "default": default, "settings": settings, "rows": results}
+        args.json.write_text(json.dumps(doc, indent=1))
         print(f"wrote {args.json}")
+    if args.write_settings:
+        write_settings(default, settings)
+        print(f"wrote {SETTINGS_FILE}")
     return 0
 
 

@@ -79,18 +79,17 @@ def test_heldout_split_is_identity_disjoint_deterministic_and_balanced() -> None
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
-    spec = importlib.util.spec_from_file_location("accuracy_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from maskid.splits import lfw_dev, m2fred_halves, rmfd_dev
+
     ids = [f"{i:03d}" for i in range(43)]
-    halves = module.split_identities(ids[::-1])  # input order does not matter
-    assert halves == module.split_identities(ids)
+    halves = m2fred_halves(ids[::-1])  # input order does not matter
+    assert halves == m2fred_halves(ids)
     dev, test = set(halves["dev"]), set(halves["test"])
     assert not dev & test and dev | test == set(ids) and halves["all"] == ids
     assert (len(dev), len(test)) == (22, 21)
     assert halves["dev"][:3] == ["000", "002", "004"]
+    assert rmfd_dev(ids[::-1]) == rmfd_dev(ids) and len(rmfd_dev(ids)) == 11
+    assert len(lfw_dev([f"{i:04d}" for i in range(1652)])) == 83
     # training/heldout.py (the settings search over a descriptor cache) splits the same way
     path = Path(__file__).resolve().parents[1] / "training" / "heldout.py"
     spec = importlib.util.spec_from_file_location("heldout_search", path)
@@ -98,6 +97,18 @@ def test_heldout_split_is_identity_disjoint_deterministic_and_balanced() -> None
     heldout = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(heldout)
     assert heldout.split_identities(ids[::-1]) == halves
+
+
+def test_training_identities_leave_out_every_dev_identity(shared_data) -> None:
+    from maskid.splits import identity_dirs, lfw_dev, rmfd_dev, training_identities
+
+    train = training_identities(shared_data)
+    rmfd = identity_dirs(shared_data / "train" / "rmfd")
+    lfw = identity_dirs(shared_data / "train" / "lfw")
+    assert not set(train["rmfd"]) & set(rmfd_dev(rmfd)) and len(rmfd_dev(rmfd)) == 43
+    assert not set(train["lfw"]) & set(lfw_dev(lfw)) and len(lfw_dev(lfw)) == 83
+    assert len(train["rmfd"]) + 43 == len(rmfd) and len(train["lfw"]) + 83 == len(lfw)
+    assert len(train["glint23"]) == 23
 
 
 def test_identity_bootstrap_is_paired_and_signed() -> None:

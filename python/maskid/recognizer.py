@@ -84,17 +84,21 @@ class Recognizer:
         threshold: float | None = None,
         mask_copies: int | None = None,
         threads: int | None = None,
+        detector: Detector | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
+        """`detector`/`embedder`: stages built by the caller (e.g. with their own thread counts,
+        or shared between recognizers); by default they are built on first use."""
         from maskid import models
         from maskid.paths import default_gallery_dir
 
         self.gallery_dir = Path(gallery) if gallery is not None else default_gallery_dir()
-        self.model_name = model or models.DEFAULT_MODEL
+        self.model_name = embedder.name if embedder is not None else model or models.DEFAULT_MODEL
         self._threshold = threshold
         self._mask_copies = mask_copies
         self.threads = threads  # CPU threads per model (None: each model's default)
-        self._detector: Detector | None = None
-        self._embedder: Embedder | None = None
+        self._detector: Detector | None = detector
+        self._embedder: Embedder | None = embedder
         self._gallery: Gallery | None = None
 
     # -- stages ---------------------------------------------------------------------------
