@@ -292,8 +292,9 @@ def test_pipeline_embeds_on_appearance_and_every_n_frames(clip: Path, gallery: P
 def test_a_track_whose_votes_turn_reports_a_change(
     lfw10: Path, gallery: Path, tmp_path: Path
 ) -> None:
-    """Two people at the same spot across a hard cut share one IoU track; re-embeddings vote the
-    new name in and a "changed" event reports it (threshold lowered so LFW photos get names)."""
+    """With track splitting off (--split-margin -1), two people at the same spot across a hard
+    cut share one IoU track; re-embeddings vote the new name in and a "changed" event reports
+    it (threshold lowered so LFW photos get names). The default splits instead: see below."""
     video = tmp_path / "cut.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (640, 480))
     for name in PEOPLE:
@@ -302,7 +303,7 @@ def test_a_track_whose_votes_turn_reports_a_change(
         for _ in range(8):
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
-    options = CameraOptions(embed_every=2, votes=3, threshold=0.9)
+    options = CameraOptions(embed_every=2, votes=3, threshold=0.9, split_margin=-1.0)
     pipeline = FacePipeline(Recognizer(gallery), options)
     with open_source(str(video)) as src:
         events = [e for i, f in enumerate(src) for e in pipeline.process(f, i).events]
@@ -311,6 +312,110 @@ def test_a_track_whose_votes_turn_reports_a_change(
         ("changed", 1, PEOPLE[1]),
     ]
     assert 8 < events[1]["frame"] <= 8 + 2 * 2  # two of three votes after the cut
+
+
+# People shown one after another at one spot: a queue at a door, or cuts in a video. The rule
+# that picks them: two people enrolled in `gallery`, the first lfw10 person not enrolled, and the
+# demo's masked newcomer (a real mask, not enrolled). Photos: `_0004` as in the clips above, but
+# the stranger's `_0004` shows two bystanders, so theirs is their first photo with one face
+# (`_0001`); the newcomer's 128 px crop is scaled and bordered to the size of an LFW face.
+SEGMENT = 16  # frames per person: more than --embed-every's default (15), as a person in view
+STRANGER = "Ariel_Sharon"
+
+
+def write_queue(path: Path, lfw10: Path) -> list[tuple[str | None, np.ndarray]]:
+    """A 640x480 MJPG clip: each person's photo in turn at the same spot, SEGMENT frames each.
+    Returns (enrolled name or None, photo) per person, in order."""
+    from maskid.demo import QUERY_PHOTO
+
+    crop = cv2.resize(load_image(QUERY_PHOTO), (120, 120), interpolation=cv2.INTER_AREA)
+    masked = cv2.copyMakeBorder(crop, 65, 65, 65, 65, cv2.BORDER_REPLICATE)  # 250 x 250
+    people: list[tuple[str | None, np.ndarray]] = [
+        (PEOPLE[0], load_image(lfw10 / PEOPLE[0] / f"{PEOPLE[0]}_0004.jpg")),
+        (None, load_image(lfw10 / STRANGER / f"{STRANGER}_0001.jpg")),
+        (None, masked),
+        (PEOPLE[1], load_image(lfw10 / PEOPLE[1] / f"{PEOPLE[1]}_0004.jpg")),
+    ]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (640, 480))
+    assert writer.isOpened()
+    for _, photo in people:
+        frame = np.full((480, 640, 3), 90, np.uint8)
+        frame[100:350, 200:450] = photo
+        for _ in range(SEGMENT):
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return people
+
+
+def test_people_in_turn_at_one_spot_each_get_their_own_track(
+    lfw10: Path, gallery: Path, tmp_path: Path
+) -> None:
+    """Four people, one after another where the last one stood (one IoU track would span them
+    all): each new face falls below the split margin against the track's recent descriptors, so
+    the track ends ("lost") and a new one starts ("recognized"), once per person, with the
+    camera command's defaults."""
+    clip = tmp_path / "queue.avi"
+    people = write_queue(clip, lfw10)
+    args = ["camera", "--source", str(clip), "--gallery", str(gallery), "--json", "--threads", "1"]
+    result = CliRunner().invoke(main, [*args, "--no-display"])
+    assert result.exit_code == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    print([(e["event"], e["frame"], e["track"], e["identity"], e["score"]) for e in events])
+    kinds = [(e["event"], e["track"]) for e in events]
+    expected = []
+    for k in range(len(people)):
+        expected += [("recognized", k + 1), ("lost", k + 1)]
+    assert kinds == expected
+    recognized = [e for e in events if e["event"] == "recognized"]
+    threshold = Recognizer(gallery).threshold
+    for k, (event, (name, _)) in enumerate(zip(recognized, people, strict=True)):
+        # Each person is named (or found unknown) while they are in view, not the one before.
+        assert k * SEGMENT <= event["frame"] < (k + 1) * SEGMENT, event
+        if name is not None:
+            assert event["matches"][0]["identity"] == name
+            assert (event["identity"] == name) == (event["score"] >= threshold)
+        else:
+            assert event["identity"] is None  # not enrolled: nobody's name
+    for lost, nxt in zip(events[1::2], recognized[1:], strict=False):
+        assert lost["frame"] == nxt["frame"]  # the old track ends where the new one starts
+
+
+def test_split_margin_separates_people_on_lfw10_photos_not_used_to_measure_it(
+    lfw10: Path,
+) -> None:
+    """The default model's measured margin (on the bundled photos) applied to the lfw10 photos
+    that are not bundled (76): different people fall below it, the same person mostly not."""
+    from maskid.camera import split_margin
+    from maskid.paths import PACKAGE_DATA
+
+    rec = Recognizer(Path("unused"))
+    margin = split_margin(rec)
+    bundled = {p.name for p in (PACKAGE_DATA / "demo" / "celebrities").glob("*/*.jpg")}
+    vectors, who = [], []
+    for path in sorted(lfw10.glob("*/*.jpg")):
+        if path.name in bundled:
+            continue
+        faces = rec.analyze(path)
+        assert faces, path
+        d = faces[0].descriptor
+        vectors.append(d / np.linalg.norm(d))
+        who.append(path.parent.name)
+    sims = np.stack(vectors) @ np.stack(vectors).T
+    upper = np.triu_indices(len(who), 1)
+    same = (np.array(who)[:, None] == np.array(who)[None, :])[upper]
+    kept_apart = float((sims[upper][~same] < margin).mean())
+    split_same = float((sims[upper][same] < margin).mean())
+    print(f"margin {margin:.4f}: different people split {kept_apart:.4f}, same {split_same:.4f}")
+    assert len(who) == 76
+    assert kept_apart >= 0.98  # (0.996 for maskid-eyes-v1, 1.000 for edgeface-xs and omz)
+    assert split_same <= 0.15  # photos of other occasions (0.097, 0.035, 0.085)
+
+
+def test_split_margin_option_is_checked(gallery: Path, clip: Path) -> None:
+    args = ["camera", "--source", str(clip), "--gallery", str(gallery)]
+    bad = CliRunner().invoke(main, [*args, "--split-margin", "1.5"])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "--split-margin" in bad.stderr
 
 
 def test_pipeline_detects_every_k_frames(clip: Path, gallery: Path) -> None:

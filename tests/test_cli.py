@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -227,7 +228,7 @@ def test_eval_writes_metrics_and_plots(m2fred: Path, tmp_path: Path) -> None:
         "*-0-0.png",
         "--probe-pattern",
         "*-1-0.png",
-        "--json",
+        "--output",
         str(out),
         "--plots",
         str(tmp_path / "plots"),
@@ -379,10 +380,77 @@ def test_gallery_from_another_embedder_says_how_to_rebuild(gallery: Path, lfw10:
     assert "rebuild" in result.stderr
 
 
-def test_demo_runs_offline_and_recognizes_the_newcomer(tmp_path: Path) -> None:
-    result = run("demo", "--out", str(tmp_path))
-    assert "recognized the masked photo: nearest Tony_Blair" in result.stdout
-    assert (tmp_path / "demo_result.jpg").is_file()
+# -- the demo ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Result, Path]:
+    """`maskid demo` twice (text and --json), as a user runs it: bundled photos only."""
+    out = tmp_path_factory.mktemp("demo") / "new" / "dir"
+    text = run("demo", "--out", str(out))
+    as_json = run("demo", "--out", str(out), "--json")
+    return text, as_json, out
+
+
+def test_demo_json_contract_and_the_story_agree(demo_run: tuple[Result, Result, Path]) -> None:
+    from maskid.demo import NEWCOMER, QUERY_PHOTO
+    from maskid.recognizer import Recognizer
+
+    text, as_json, out = demo_run
+    doc = json.loads(as_json.stdout)  # stdout is the document alone; the story is on stderr
+    assert set(doc) == {"enrolled", "query", "threshold", "annotated", "faces"}
+    assert doc["enrolled"] == NEWCOMER and doc["query"] == str(QUERY_PHOTO)
+    assert doc["threshold"] == Recognizer(out / "unused").threshold  # the shipped model's
+    assert doc["annotated"] == str(out / "demo_result.jpg")
+    face = doc["faces"][0]
+    assert set(face) == {"box", "landmarks", "identity", "score", "matches"}
+    best = face["matches"][0]
+    assert face["score"] == best["score"]
+    assert face["identity"] == (best["identity"] if best["score"] >= doc["threshold"] else None)
+    # The text tells the same result: the score and the threshold, and plainly whether the
+    # newcomer was named.
+    t, score = doc["threshold"], face["score"]
+    assert f"threshold {t:.3f}" in text.stdout and f"{score:.3f}" in text.stdout
+    if face["identity"] == NEWCOMER:
+        assert f"recognized {NEWCOMER}: cosine similarity {score:.3f} >= threshold" in text.stdout
+    else:
+        assert "NOT RECOGNIZED" in text.stdout or "WRONG PERSON" in text.stdout
+    assert "created the directory" in text.stdout  # --out into a new directory says so
+    assert "enrolled" in as_json.stderr and "masked query" in as_json.stderr
+
+
+def test_demo_names_the_masked_newcomer(demo_run: tuple[Result, Result, Path]) -> None:
+    """The mission: one unmasked photo enrolled, the person named in a real mask on another day,
+    above the shipped threshold, by the shipped default model. (The photos were fixed by a rule
+    before any score was seen: python/maskid/data/demo/README.md. A failure here is a finding
+    about the model, not a reason to pick other photos.)"""
+    from maskid.demo import NEWCOMER
+
+    _, as_json, _ = demo_run
+    face = json.loads(as_json.stdout)["faces"][0]
+    assert face["identity"] == NEWCOMER, face
+
+
+def test_demo_picture_has_both_panels_captioned(demo_run: tuple[Result, Result, Path]) -> None:
+    from maskid.demo import CAPTIONS, ENROLL_PHOTO, PANEL_HEIGHT, QUERY_PHOTO
+
+    _, _, out = demo_run
+    picture = pixels(out / "demo_result.jpg")
+    assert picture.shape[0] > 360 and picture.shape[1] > 2 * 360
+    half = picture.shape[1] // 2
+    strip = picture[:30].astype(int)  # caption strips: white with dark letters over each panel
+    for panel in (strip[:, :half], strip[:, half:]):
+        assert (panel.min(axis=2) > 200).mean() > 0.7 and (panel.max(axis=2) < 80).sum() > 50
+    assert "enrolled" in CAPTIONS and "masked query" in CAPTIONS
+    # The left panel is the enrolled photo, the right one the (annotated) masked query.
+    import cv2
+
+    def like(photo: Path, panel: np.ndarray) -> float:
+        ref = cv2.resize(pixels(photo), (panel.shape[1], panel.shape[0])).astype(float)
+        return float(np.corrcoef(ref.ravel(), panel.astype(float).ravel())[0, 1])
+
+    body = picture[-PANEL_HEIGHT:]
+    left, right = body[:, :PANEL_HEIGHT], body[:, -PANEL_HEIGHT:]  # square crops, 8 px apart
+    assert like(ENROLL_PHOTO, left) > 0.9 and like(ENROLL_PHOTO, left) > like(QUERY_PHOTO, left)
+    assert like(QUERY_PHOTO, right) > like(ENROLL_PHOTO, right)
 
 
 def test_eval_open_set_reports_strangers_given_a_name(m2fred: Path, tmp_path: Path) -> None:
@@ -400,7 +468,7 @@ def test_eval_open_set_reports_strangers_given_a_name(m2fred: Path, tmp_path: Pa
     docs = {}
     for threshold in ("1.01", "-1"):
         out = tmp_path / f"open{threshold}.json"
-        result = run(*common, "--threshold", threshold, "--json", str(out))
+        result = run(*common, "--threshold", threshold, "--output", str(out))
         docs[threshold] = json.loads(out.read_text())
         assert f"of {strangers} strangers' probes given a name" in result.stdout
     none, every = docs["1.01"], docs["-1"]
@@ -439,3 +507,247 @@ def test_eval_memo_reuses_each_photos_descriptors(m2fred: Path, tmp_path: Path) 
     assert again.report.as_dict() == first.report.as_dict()  # (NaN != NaN in the dataclass)
     with pytest.raises(ValueError, match="one recognizer"):
         evaluate_folders(subset, subset, memo=memo)
+
+
+# -- recognize: words and pictures ------------------------------------------------------------
+UNKNOWN_LINE = re.compile(r"unknown \u2014 nearest: (\S+) (\d\.\d{3}) < (\d\.\d{3})")
+
+
+def test_recognize_names_the_nearest_identity_of_an_unknown_face(
+    gallery: Path, lfw10: Path, tmp_path: Path
+) -> None:
+    image = str(lfw10 / "Colin_Powell" / "Colin_Powell_0008.jpg")
+    common = ["recognize", "--image", image, "--gallery", str(gallery), "--out"]
+    # A threshold no cosine reaches: the face is unknown, and the line says who came closest.
+    text = run(*common, str(tmp_path / "a.png"), "--threshold", "1.0").stdout
+    doc = json.loads(run(*common, str(tmp_path / "b.png"), "--threshold", "1.0", "--json").stdout)
+    m = UNKNOWN_LINE.search(text)
+    assert m, text
+    best = doc["faces"][0]["matches"][0]
+    assert m.group(1) == best["identity"] == "Colin_Powell"
+    assert m.group(2) == f"{best['score']:.3f}" and m.group(3) == f"{1.0:.3f}"
+    # An enrolled photo at the shipped threshold: named, with score >= threshold.
+    enrolled = sorted((lfw10 / "Colin_Powell").glob("*.jpg"))[0]
+    text = run("recognize", "--image", str(enrolled), "--gallery", str(gallery)).stdout
+    from maskid.recognizer import Recognizer
+
+    t = Recognizer(gallery).threshold
+    assert re.search(rf"Colin_Powell 1\.000 >= {t:.3f}", text) or re.search(
+        rf"Colin_Powell 0\.99\d >= {t:.3f}", text
+    ), text
+
+
+def test_labels_stay_inside_a_tight_128px_crop(gallery: Path, m2fred: Path) -> None:
+    """On a 128 px M2FRED crop the face box fills the picture: the label goes inside it, in a
+    font shrunk to fit, long names cut, and every label pixel lies inside the picture."""
+    from dataclasses import replace
+
+    from maskid.draw import KNOWN, UNKNOWN, annotate, draw_label, face_label, label_layout
+    from maskid.face import Match
+    from maskid.recognizer import Recognizer
+
+    crop_path = sorted(m2fred.glob("*/1-1-0.png"))[1]  # a real mask
+    crop = pixels(crop_path)
+    assert crop.shape[:2] == (128, 128)
+    (face,) = Recognizer(gallery, threshold=1.0).recognize(crop, top_k=3)
+    assert face.identity is None and face.matches  # unknown, with a nearest identity
+    long_name = Match("Arnold_Schwarzenegger_of_California", face.matches[0].score)
+    variants = [
+        face,
+        replace(face, matches=[long_name]),
+        replace(face, identity=long_name.identity, matches=[long_name]),
+    ]
+    for f in variants:
+        for prefix in (None, "#12"):
+            lines = face_label(f) if prefix is None else (f"{prefix} {face_label(f)[0]}",)
+            lay = label_layout(crop.shape, f.box, lines)
+            assert lay.x >= 0 and lay.y >= 0 and lay.x + lay.w <= 128 and lay.y + lay.h <= 128
+            # Drawn on a larger canvas (nothing clipped), the text stays inside the block.
+            pad = 64
+            canvas = np.zeros((128 + 2 * pad, 128 + 2 * pad, 3), np.uint8)
+            draw_label(canvas, replace(lay, x=lay.x + pad, y=lay.y + pad), (0, 0, 0))
+            ys, xs = np.nonzero(canvas.max(axis=2))
+            assert len(ys) > 20
+            assert ys.min() >= lay.y + pad and ys.max() < lay.y + lay.h + pad
+            assert xs.min() >= lay.x + pad and xs.max() < lay.x + lay.w + pad
+        # And in the annotated picture the block is there, in the label colour and white text.
+        out = annotate(crop, [f], labels=None)
+        lay = label_layout(crop.shape, f.box, face_label(f))
+        block = out[lay.y : lay.y + lay.h, lay.x : lay.x + lay.w].astype(int)
+        colour = KNOWN if f.identity else UNKNOWN
+        near_colour = np.abs(block - colour).max(axis=2) < 40
+        white = block.min(axis=2) > 150
+        assert (near_colour | white).mean() > 0.6 and white.sum() > 20
+    assert face_label(face)[1].startswith(f"nearest {face.matches[0].identity}")
+    # A name too long for the crop is cut, the score is not.
+    cut = label_layout(crop.shape, face.box, face_label(variants[1])).lines[1]
+    assert ".." in cut and cut.endswith(f" {face.match_score:.3f}"), cut
+
+
+def test_out_with_a_suffix_opencv_cannot_write_is_a_usage_error(
+    gallery: Path, lfw10: Path, tmp_path: Path
+) -> None:
+    image = str(lfw10 / "Tony_Blair" / "Tony_Blair_0002.jpg")
+    for name in ("x.txt", "noext"):
+        result = run(
+            "recognize", "--image", image, "--gallery", str(gallery), "--out",
+            str(tmp_path / name), ok=False,
+        )  # fmt: skip
+        assert_one_line_error(result, 2)
+        assert "--out" in result.stderr and ".jpg or .png" in result.stderr
+        assert not (tmp_path / name).exists()
+
+
+def test_out_into_a_missing_directory_says_where_it_wrote(
+    gallery: Path, lfw10: Path, tmp_path: Path
+) -> None:
+    image = str(lfw10 / "Tony_Blair" / "Tony_Blair_0002.jpg")
+    out = tmp_path / "new" / "deeper" / "face.png"
+    result = run("recognize", "--image", image, "--gallery", str(gallery), "--out", str(out))
+    assert out.is_file()
+    assert f"annotated image: {out} (created the directory {out.parent})" in result.stdout
+    out2 = tmp_path / "other" / "face.jpg"
+    result = run(
+        "recognize", "--image", image, "--gallery", str(gallery), "--out", str(out2), "--json"
+    )
+    assert json.loads(result.stdout)["annotated"] == str(out2)  # stdout stays one document
+    assert f"created the directory {out2.parent}" in result.stderr
+
+
+# -- gallery friction ---------------------------------------------------------------------------
+def test_corrupt_gallery_says_the_command_and_build_force_rebuilds_in_place(
+    gallery: Path, people: Path, lfw10: Path, tmp_path: Path
+) -> None:
+    image = str(lfw10 / "Hugo_Chavez" / "Hugo_Chavez_0007.jpg")
+    broken = tmp_path / "broken"
+    shutil.copytree(gallery, broken)
+    index = next(broken.glob("index-*.bin"))
+    index.write_bytes(index.read_bytes()[: index.stat().st_size // 2])
+    command = f"maskid build DATASET --gallery {broken} --force"
+    result = run("recognize", "--image", image, "--gallery", str(broken), ok=False)
+    assert_one_line_error(result, 5)
+    assert command in result.stderr
+    # Without --force, building into it fails the same way, saying the same command.
+    result = run("build", str(people), "--gallery", str(broken), ok=False)
+    assert_one_line_error(result, 5)
+    assert command in result.stderr
+    # The command, word for word (DATASET filled in), rebuilds it where it was.
+    result = run(*command.replace("DATASET", str(people)).split()[1:])
+    assert "added 12 photos" in result.stdout and "deleted the gallery" in result.stderr
+    doc = json.loads(run("recognize", "--image", image, "--gallery", str(broken), "--json").stdout)
+    assert doc["faces"][0]["matches"][0]["identity"] == "Hugo_Chavez"
+
+
+def test_missing_meta_file_says_the_command(gallery: Path, lfw10: Path, tmp_path: Path) -> None:
+    image = str(lfw10 / "Hugo_Chavez" / "Hugo_Chavez_0007.jpg")
+    broken = tmp_path / "nometa"
+    shutil.copytree(gallery, broken)
+    meta = next(broken.glob("meta-*.json"))
+    meta.unlink()
+    result = run("recognize", "--image", image, "--gallery", str(broken), ok=False)
+    assert_one_line_error(result, 5)
+    assert meta.name in result.stderr and "is missing" in result.stderr
+    assert f"maskid build DATASET --gallery {broken} --force" in result.stderr
+
+
+def test_build_force_refuses_a_directory_that_is_not_a_gallery(
+    people: Path, tmp_path: Path
+) -> None:
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "holiday.jpg").write_bytes(b"not really")
+    result = run("build", str(people), "--gallery", str(precious), "--force", ok=False)
+    assert_one_line_error(result, 2)
+    assert (precious / "holiday.jpg").is_file()
+
+
+def test_enroll_under_an_existing_name_says_it_adds(lfw10: Path, tmp_path: Path) -> None:
+    g = str(tmp_path / "g")
+    photos = sorted((lfw10 / "Tony_Blair").glob("*.jpg"))[1:]  # (_0001 shows two people)
+    first = run("enroll", "Tony Blair", str(photos[0]), "--gallery", g).stdout
+    assert first.startswith("enrolled 'Tony Blair' from 1 photo into")
+    second = run("enroll", "Tony Blair", str(photos[1]), "--gallery", g).stdout
+    assert second.startswith("added 1 photo to 'Tony Blair' (now 2)")
+    third = run("enroll", "Tony Blair", str(photos[2]), str(photos[3]), "--gallery", g).stdout
+    assert third.startswith("added 2 photos to 'Tony Blair' (now 4)")
+
+
+def test_the_same_photo_under_a_second_name_is_refused(lfw10: Path, tmp_path: Path) -> None:
+    g = tmp_path / "g"
+    photo = lfw10 / "Tony_Blair" / "Tony_Blair_0002.jpg"
+    run("enroll", "Tony Blair", str(photo), "--gallery", str(g))
+    copy = tmp_path / "renamed.png"  # the same picture, re-encoded under another name
+    Image.open(photo).save(copy)
+    for path in (photo, copy):
+        result = run("enroll", "Someone Else", str(path), "--gallery", str(g), ok=False)
+        assert_one_line_error(result, 2)
+        assert "'Tony Blair'" in result.stderr and "--allow-duplicate" in result.stderr
+    assert "Someone Else" not in run("list", "--gallery", str(g)).stdout
+    run("enroll", "Someone Else", str(copy), "--gallery", str(g), "--allow-duplicate")
+    assert "Someone Else" in run("list", "--gallery", str(g)).stdout
+    # Another photo of a different person is not a duplicate.
+    other = lfw10 / "Colin_Powell" / "Colin_Powell_0001.jpg"
+    run("enroll", "Colin Powell", str(other), "--gallery", str(g))
+
+
+# -- help ---------------------------------------------------------------------------------------
+def test_main_help_shows_whole_one_line_summaries() -> None:
+    out = run("--help").stdout
+    commands = out.split("Commands:")[1].strip().splitlines()
+    assert not any("..." in line for line in commands)
+    assert len(commands) == len(main.commands)
+    for line in commands:
+        name, summary = line.split(maxsplit=1)
+        assert summary.endswith((".", "?", ")")), line  # whole, on one line at 80 columns
+        assert summary == main.commands[name].get_short_help_str()
+
+
+def test_every_option_has_help_text() -> None:
+    import click
+
+    commands = {**main.commands, "recognize (script)": recognize_main}
+    for name, command in commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name not in ("help", "version"):
+                assert param.help, f"{name} {param.opts} has no help text"
+    assert "[default: (the model's own" in run("eval", "--help").stdout  # --mask-copies
+    camera_help = " ".join(run("camera", "--help").stdout.split())
+    assert "?width=&height=&fps=" in camera_help
+    recognize_help = " ".join(run("recognize", "--help").stdout.split())
+    assert "--image PATH The photo to search" in recognize_help
+    assert "1 in 1000 comparisons between different people" in recognize_help
+
+
+# -- eval ---------------------------------------------------------------------------------------
+def test_eval_reports_at_the_shipped_threshold_and_json_is_a_switch(
+    m2fred: Path, tmp_path: Path
+) -> None:
+    from maskid.recognizer import Recognizer
+
+    subset = tmp_path / "m2fred"
+    for person in sorted(m2fred.iterdir())[:4]:
+        shutil.copytree(person, subset / person.name)
+    args = ["eval", "--enroll", str(subset), "--probe", str(subset), "--mask-copies", "0"]
+    args += ["--pattern", "*-0-0.png", "--probe-pattern", "*-1-0.png"]
+    out = tmp_path / "new" / "metrics.json"
+    as_json = run(*args, "--json", "--output", str(out))
+    doc = json.loads(as_json.stdout)  # the document alone on stdout
+    assert json.loads(out.read_text()) == doc
+    shipped = Recognizer(tmp_path / "unused").threshold
+    assert doc["threshold"] == shipped and doc["threshold_source"] == "model"
+    fitted = doc["fitted_threshold_far_1e-3"]
+    assert isinstance(fitted, float)
+    assert f"wrote {out} (created the directory {out.parent})" in as_json.stderr
+    text = run(*args).stdout
+    assert f"at threshold {shipped:.4f} (the model's shipped threshold" in text
+    assert (
+        f"fitted on these probes, for reference only (not used above): threshold {fitted:.4f}"
+        in text
+    )
+    # An explicit threshold is reported as such.
+    other = run(*args, "--threshold", "0.5", "--json").stdout
+    assert json.loads(other)["threshold"] == 0.5
+    assert json.loads(other)["threshold_source"] == "--threshold"
+    # The old form (`--json FILE`) is a usage error now, not a silent file.
+    old = run(*args, "--json", str(tmp_path / "old.json"), ok=False)
+    assert old.exit_code == 2 and not (tmp_path / "old.json").exists()

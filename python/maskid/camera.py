@@ -8,7 +8,9 @@ Two layers, as jetson-inference separates its videoSource from its nets:
       JSON events, signals.
 
 Events (one JSON object per line with --json): "recognized" when a track is first named (or
-found unknown), "changed" when its voted identity changes, "lost" when it leaves. Each has the
+found unknown), "changed" when its voted identity changes, "lost" when it leaves, or when its
+face is replaced by someone else's at the same spot (its new descriptor falls below the split
+margin, `split_margin`: the track ends and a new one starts). Each has the
 time, frame, track id, identity (null: unknown), score, box, the latency from the frame's
 arrival to the event, per-stage times of that frame (ms) and the loop's FPS.
 """
@@ -49,6 +51,9 @@ class CameraOptions:
     max_refresh: int = 2  # re-embeddings of known tracks per frame (new tracks: always)
     top_k: int = 3
     threshold: float | None = None  # None: the model's own
+    # Cosine to the track's recent descriptors below which its face is someone else's
+    # (None: measured for the model by `split_margin`; -1 never splits).
+    split_margin: float | None = None
 
     def check(self) -> None:
         counts = (self.detect_every, self.embed_every, self.votes, self.top_k, self.max_refresh)
@@ -58,6 +63,8 @@ class CameraOptions:
             )
         if not 0 < self.move_iou <= 1:
             raise UsageError("--move-iou must lie in (0, 1]")
+        if self.split_margin is not None and not -1 <= self.split_margin <= 1:
+            raise UsageError("--split-margin must lie in [-1, 1] (a cosine similarity)")
 
 
 @dataclass
@@ -92,6 +99,8 @@ class FacePipeline:
             max_refresh=self.options.max_refresh,
         )
         self.rec.detector, self.rec.embedder  # noqa: B018 -- load the models before frame 0
+        margin = self.options.split_margin
+        self.split_margin = split_margin(rec) if margin is None else margin
 
     def process(self, frame: np.ndarray, index: int, decode_ms: float = 0.0) -> FrameResult:
         """Recognize the faces of one RGB frame. `decode_ms`: time its capture took."""
@@ -116,13 +125,21 @@ class FacePipeline:
                 descriptors = embedder.embed_batch(batch)
             with _timed(timings, "search"):
                 results = self.gallery.search(descriptors, k=self.options.top_k)
-            for track, matches in zip(due, results, strict=True):
+            embedded = []
+            for track, matches, d in zip(due, results, descriptors, strict=True):
+                similarity = self.tracker.similarity_to_recent(track, d)
+                if similarity is not None and similarity < self.split_margin:
+                    # Someone else at the same spot: the track ends, a new one starts.
+                    if track.reported:
+                        events.append(self._event("lost", track, index))
+                    track = self.tracker.restart(track, index)
                 best = matches[0]
                 name = best.identity if best.score >= self.threshold else None
-                self.tracker.record(track, name, best.score, index)
+                self.tracker.record(track, name, best.score, index, d)
                 track.face.matches = matches
+                embedded.append(track)
             latency = decode_ms + (time.perf_counter() - started) * 1000
-            for track in due:
+            for track in embedded:
                 if not track.reported or track.identity != track.reported_identity:
                     kind = "changed" if track.reported else "recognized"
                     events.append(self._event(kind, track, index, latency))
@@ -162,6 +179,82 @@ class FacePipeline:
         if latency_ms is not None:
             event["latency_ms"] = round(latency_ms, 1)
         return event
+
+
+# -- the split margin -------------------------------------------------------------------------
+# How far a track's new descriptor may fall from its recent ones before the face is taken for
+# someone else's. Cosine scales differ wildly between models (different people score ~0.90 with
+# maskid-eyes-v1, ~0.05 with edgeface-xs), so no single number serves every model: the margin is
+# measured per model, once (cached by the model's id, i.e. its weights' hash), on the bundled
+# LFW photos (`data/demo/celebrities`: 8 people x 3 photos of different occasions): the cosines
+# of same-person pairs (24) and of different-person pairs (252) are each summarised by a normal
+# distribution, and the margin is where the two fitted distributions cross at equal error
+# (same-person pairs below it as likely as different-person pairs above it). Gaussian fits,
+# because with 24 same-person pairs the empirical distributions rarely overlap at all.
+# Measured so, and checked on the 76 lfw10 photos not bundled (tests/test_camera.py):
+#   maskid-eyes-v1: margin 0.928; on all of lfw10 (100 photos) 7.1% of the 450 same-person pairs
+#     fall below it and 0.5% of the 4,500 different-person pairs reach it;
+#   edgeface-xs: 0.329 (2.0% / 0.0%); omz-face-reid-0095: 0.466 (5.3% / 0.0%).
+# Same-person pairs there are photos of different occasions; inside one track (seconds apart)
+# they are closer still, so a track rarely splits on its own person. A mask put on or taken off
+# in view may split it (a new track under the same name, if named): of 86 same-day unmasked vs
+# masked M2FRED pairs (dev half), 17% fall below maskid-eyes-v1's margin, 42% below
+# edgeface-xs's, 66% below omz-face-reid-0095's. `--split-margin` overrides; -1 never splits.
+SPLIT_RULE = "gauss-eer-v1"  # bump when the measurement changes, so cached margins are redone
+
+
+def split_margin(rec: Recognizer) -> float:
+    """The split margin of `rec`'s embedder (measured once, then read from the cache)."""
+    from maskid.paths import cache_dir
+
+    model_id = rec.embedder.model_id
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in model_id)
+    path = cache_dir() / "track-margin" / f"{safe}.{SPLIT_RULE}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        doc = json.loads(path.read_text())
+        if doc["model_id"] == model_id:
+            return float(doc["margin"])
+    doc = measure_split_margin(rec)
+    doc["model_id"] = model_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(OSError):  # a read-only cache only costs a re-measurement
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+    return float(doc["margin"])
+
+
+def measure_split_margin(rec: Recognizer, photos: Path | None = None) -> dict[str, Any]:
+    """Measure the split margin (see SPLIT_RULE above) on identity folders of photos (default:
+    the bundled LFW celebrities): the equal-error point of normal fits to the same-person and
+    different-person cosine similarities. Returns the margin with what it was measured on."""
+    from maskid.paths import PACKAGE_DATA
+    from maskid.recognizer import identity_images, l2_normalize
+
+    root = photos or PACKAGE_DATA / "demo" / "celebrities"
+    vectors, owners = [], []
+    for name, path in identity_images(root):
+        faces = rec.analyze(path)
+        if faces and faces[0].descriptor is not None:
+            vectors.append(faces[0].descriptor)
+            owners.append(name)
+    who = np.array(owners)
+    sims = l2_normalize(np.stack(vectors)) @ l2_normalize(np.stack(vectors)).T
+    upper = np.triu_indices(len(who), 1)
+    same_mask = (who[:, None] == who[None, :])[upper]
+    same, diff = sims[upper][same_mask], sims[upper][~same_mask]
+    if len(same) < 2 or len(diff) < 2:
+        raise GalleryError(f"{root}: too few photos with a face to measure the split margin")
+    ms, ss = float(same.mean()), float(same.std())
+    md, sd = float(diff.mean()), float(diff.std())
+    margin = (ms * sd + md * ss) / max(ss + sd, 1e-9)
+    return {
+        "margin": round(margin, 4),
+        "rule": SPLIT_RULE,
+        "photos": str(root),
+        "same_person": {"pairs": len(same), "mean": round(ms, 4), "std": round(ss, 4)},
+        "different_people": {"pairs": len(diff), "mean": round(md, 4), "std": round(sd, 4)},
+    }
 
 
 @contextmanager
@@ -372,5 +465,7 @@ def run_camera(
 def _event_line(event: dict[str, Any]) -> str:
     who = event["identity"] or "unknown"
     score = "-" if event["score"] is None else f"{event['score']:.3f}"
+    if event["identity"] is None and event["matches"]:  # as `recognize` says it
+        who, score = f"unknown \u2014 nearest: {event['matches'][0]['identity']}", score
     latency = f"  ({event['latency_ms']:.0f} ms)" if "latency_ms" in event else ""
     return f"{event['time']}  frame {event['frame']}  #{event['track']} {event['event']}: {who} {score}{latency}"

@@ -3,7 +3,9 @@ turns errors into one line on stderr and an exit code (see maskid.errors)."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -12,9 +14,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from maskid.errors import MaskidError
+from maskid.errors import MaskidError, UsageError
 
 if TYPE_CHECKING:
+    from maskid.face import Face
     from maskid.recognizer import Recognizer
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,12 +58,23 @@ def _guarded(invoke: Callable[[click.Context], Any], ctx: click.Context) -> Any:
         _fail(f"internal error: {type(e).__name__}: {e} (MASKID_DEBUG=1 shows the trace)", 1)
 
 
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        return _guarded(super().invoke, ctx)
+def _summary(help_text: str | None) -> str:
+    """The first paragraph of a command's help, on one line and whole (click would cut it)."""
+    first = inspect.cleandoc(help_text or "").split("\n\n")[0]
+    return " ".join(first.split())
 
 
 class _Command(click.Command):
+    def invoke(self, ctx: click.Context) -> Any:
+        return _guarded(super().invoke, ctx)
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return self.short_help or _summary(self.help)
+
+
+class _Group(click.Group):
+    command_class = _Command
+
     def invoke(self, ctx: click.Context) -> Any:
         return _guarded(super().invoke, ctx)
 
@@ -68,13 +82,34 @@ class _Command(click.Command):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="maskid")
 def main() -> None:
-    """Face identification that still works when people wear face masks."""
+    """Face identification that still works when people wear face masks.
+
+    Start with `maskid demo`; `maskid COMMAND --help` explains each command."""
 
 
 def _recognizer(gallery_dir: Path | None, model: str | None, **kw: Any) -> Recognizer:
     from maskid.recognizer import Recognizer
 
     return Recognizer(gallery_dir, model=model, **kw)
+
+
+def _default_setting(key: str) -> str:
+    """The default model's shipped setting `key` in words, for --help (read, never typed in)."""
+    from maskid import models
+
+    try:
+        value = models.model_settings(models.DEFAULT_MODEL)[key]
+    except MaskidError:
+        return "see `maskid models`"
+    return f"{value:g} for the default model, {models.DEFAULT_MODEL}"
+
+
+def _created_note(path: Path) -> str:
+    """' (created the directory D)' when writing `path` will create its directory, else ''."""
+    parent = path.parent
+    if parent.exists():
+        return ""
+    return f" (created the directory {parent})"
 
 
 def _progress(desc: str) -> Callable[[Any], Any]:
@@ -86,7 +121,12 @@ def _progress(desc: str) -> Callable[[Any], Any]:
 # -- embed ------------------------------------------------------------------------------------
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--aligned", is_flag=True, help="IMAGE is a ready 150x150 face chip: no detection.")
+@click.option(
+    "--aligned",
+    is_flag=True,
+    help="IMAGE is a ready face chip of the model's input size (150x150 for the dlib-based "
+    "models): no detection.",
+)
 @model_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def embed(image: Path, aligned: bool, model: str | None, as_json: bool) -> None:
@@ -132,13 +172,51 @@ def embed(image: Path, aligned: bool, model: str | None, as_json: bool) -> None:
 
 
 # -- gallery management -----------------------------------------------------------------------
+def _clear_gallery(path: Path) -> int:
+    """Delete the gallery files in `path` (even a corrupt gallery's), refusing a directory that
+    holds anything else. Returns how many files were deleted."""
+    from maskid.gallery import _GEN_FILE, LOCK, MANIFEST
+
+    if not path.exists():
+        return 0
+    if not path.is_dir():
+        raise UsageError(f"--force: {path} is a file, not a gallery directory")
+    ours: list[Path] = []
+    other: list[Path] = []
+    for p in path.iterdir():
+        known = p.name in (MANIFEST, LOCK) or _GEN_FILE.match(p.name) or p.name.endswith(".tmp")
+        (ours if known and p.is_file() else other).append(p)
+    if other:
+        raise UsageError(
+            f"--force: {path} holds files that are not a gallery's (such as {other[0].name!r}); "
+            "refusing to delete anything there"
+        )
+    # The manifest first: from then on no reader takes the directory for a gallery.
+    for p in sorted(ours, key=lambda q: q.name != MANIFEST):
+        p.unlink(missing_ok=True)
+    return len(ours)
+
+
 @main.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
 @gallery_option
 @model_option
-def build(dataset: Path, gallery_dir: Path | None, model: str | None) -> None:
-    """Add every photo of DATASET/<identity>/* to the gallery (only new photos on re-runs)."""
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Delete the gallery at --gallery first (also a corrupt one) and build it anew.",
+)
+def build(dataset: Path, gallery_dir: Path | None, model: str | None, force: bool) -> None:
+    """Add every photo of DATASET/<name>/* to the gallery.
+
+    One sub-folder per person; re-runs add only new photos. --force rebuilds from scratch."""
     rec = _recognizer(gallery_dir, model)
+    if force:
+        from maskid.recognizer import identity_images
+
+        identity_images(dataset)  # a wrong DATASET must not cost the old gallery
+        if _clear_gallery(rec.gallery_dir):
+            click.echo(f"--force: deleted the gallery at {rec.gallery_dir}", err=True)
     report = rec.build(dataset, progress=_progress("build"))
     for path in report.no_face:
         click.echo(f"skipped (no face): {path}", err=True)
@@ -151,18 +229,74 @@ def build(dataset: Path, gallery_dir: Path | None, model: str | None) -> None:
     )
 
 
+# Two descriptors this similar come from the same photo (re-encoded or renamed at most).
+SAME_PHOTO_COSINE = 0.999
+
+
+def _refuse_duplicates(rec: Recognizer, name: str, images: tuple[Path, ...]) -> None:
+    """UsageError if a photo's face is already enrolled under another name (cosine >
+    SAME_PHOTO_COSINE: the same photo). Photos that fail here fail again, and are reported, in
+    `enroll` itself."""
+    from maskid.gallery import Gallery
+
+    if not Gallery.exists(rec.gallery_dir):
+        return
+    gallery = rec.gallery()
+    if not gallery.identities():
+        return
+    for image in images:
+        try:
+            face, _ = rec.enroll_face(rec.load(image))
+        except MaskidError:
+            continue
+        assert face.descriptor is not None
+        for match in gallery.search(face.descriptor, k=3)[0]:
+            if match.identity != name and match.score > SAME_PHOTO_COSINE:
+                raise UsageError(
+                    f"{image}: this face is already enrolled as {match.identity!r} (cosine "
+                    f"{match.score:.4f}: the same photo); enrolling it as {name!r} too would "
+                    "make the two names compete. Pass --allow-duplicate if that is intended"
+                )
+
+
 @main.command()
 @click.argument("name")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @gallery_option
 @model_option
+@click.option(
+    "--allow-duplicate",
+    is_flag=True,
+    help="Enroll a photo even if the same face is already enrolled under another name.",
+)
 def enroll(
-    name: str, images: tuple[Path, ...], gallery_dir: Path | None, model: str | None
+    name: str,
+    images: tuple[Path, ...],
+    gallery_dir: Path | None,
+    model: str | None,
+    allow_duplicate: bool,
 ) -> None:
-    """Add person NAME from one or more unmasked photos (no retraining)."""
+    """Add person NAME from one or more unmasked photos.
+
+    No retraining. Under a name already enrolled, the photos are added to that person; a photo
+    already enrolled under another name is refused (--allow-duplicate)."""
+    from maskid.gallery import Gallery, validate_name
+
+    name = validate_name(name)
     rec = _recognizer(gallery_dir, model)
+    before = rec.identities().get(name, 0) if Gallery.exists(rec.gallery_dir) else 0
+    if not allow_duplicate:
+        _refuse_duplicates(rec, name, images)
     n = rec.enroll(name, images)
-    click.echo(f"enrolled {name!r} from {n} photo(s) into {rec.gallery_dir}")
+    photos = f"{n} photo{'s' if n != 1 else ''}"
+    if before:
+        # Each photo is stored as its descriptor plus the model's masked copies.
+        per_photo = 1 + rec.mask_copies
+        now = rec.identities()[name]
+        total = f"now {now // per_photo}" if now % per_photo == 0 else f"now {now} descriptors"
+        click.echo(f"added {photos} to {name!r} ({total}) in {rec.gallery_dir}")
+    else:
+        click.echo(f"enrolled {name!r} from {photos} into {rec.gallery_dir}")
 
 
 @main.command()
@@ -178,7 +312,7 @@ def remove(name: str, gallery_dir: Path | None) -> None:
 @main.command(name="list")
 @gallery_option
 def list_identities(gallery_dir: Path | None) -> None:
-    """List the people in the gallery with their number of descriptors."""
+    """List the people in the gallery and their descriptor counts."""
     rec = _recognizer(gallery_dir, None)
     ids = rec.identities()
     for name, count in sorted(ids.items()):
@@ -197,26 +331,85 @@ def models() -> None:
 
 
 # -- recognize --------------------------------------------------------------------------------
+THRESHOLD_HELP = (
+    "Cosine similarity at or above which a face is named; below it the face is 'unknown' (its "
+    "nearest identity is still shown). Default: the model's shipped threshold ({default}), the "
+    "score that only 1 in 1000 comparisons between different people reach on maskid's "
+    "development data (masked photos against enrolled ones). Raise it for fewer false names, "
+    "lower it to name more faces."
+)
+
+
 def _recognize_options(f: F) -> F:
-    f = click.option("--image", "image", required=True, type=click.Path(path_type=Path))(f)
+    f = click.option(
+        "--image",
+        "image",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="The photo to search: every face in it is identified (JPEG, PNG, WebP, BMP, TIFF).",
+    )(f)
     f = click.option("--top", "top_k", default=5, show_default=True, help="Matches per face.")(f)
     f = click.option(
         "--threshold",
         type=float,
         default=None,
-        help="Cosine similarity below which a face is 'unknown' (default: the model's, "
-        "set at FAR 1e-3 on the dev set). Raise it for fewer false matches.",
+        help=THRESHOLD_HELP.format(default=_default_setting("threshold")),
     )(f)
-    f = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")(f)
+    f = click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document on stdout (no text)."
+    )(f)
     f = click.option(
         "--out",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="Where to write the annotated image (default: printed cache path).",
+        help="Where to write the annotated image, .jpg or .png (default: a path in the cache, "
+        "printed). A missing directory is created.",
     )(f)
     f = gallery_option(f)
     f = model_option(f)
     return f
+
+
+def face_record(face: Face) -> dict[str, Any]:
+    """One face of `recognize --json` (and `demo --json`)."""
+    return {
+        "box": [round(float(v), 2) for v in face.box],
+        "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in face.landmarks],
+        "identity": face.identity,
+        "score": round(float(face.match_score), 6) if face.match_score is not None else None,
+        "matches": [
+            {"identity": m.identity, "score": round(float(m.score), 6)} for m in face.matches
+        ],
+    }
+
+
+def face_line(face: Face, threshold: float) -> str:
+    """A face's result in words: 'NAME 0.971 >= 0.963' or 'unknown — nearest: NAME 0.952 <
+    0.963', then the runners-up."""
+    others = ", ".join(f"{m.identity} {m.score:.3f}" for m in face.matches[1:])
+    runners = f"; runners-up: {others}" if others else ""
+    if face.match_score is None or not face.matches:
+        return "unknown (empty gallery)"
+    score = face.match_score
+    if face.identity:
+        head = f"{face.identity} {score:.3f} >= {threshold:.3f} (cosine similarity >= threshold)"
+    else:
+        nearest = face.matches[0].identity
+        head = (
+            f"unknown \u2014 nearest: {nearest} {score:.3f} < {threshold:.3f} "
+            "(cosine similarity < threshold)"
+        )
+    return head + runners
+
+
+def _check_image_out(out: Path | None) -> None:
+    from maskid.draw import can_write_image
+
+    if out is not None and not can_write_image(out):
+        raise UsageError(
+            f"--out {out}: cannot write a {out.suffix or 'suffix-less'} image; "
+            "give a .jpg or .png file name"
+        )
 
 
 def _recognize(
@@ -232,12 +425,14 @@ def _recognize(
     from maskid.errors import NoFaceError
     from maskid.imageio import load_image
 
+    _check_image_out(out)  # before any model is loaded
     rec = _recognizer(gallery_dir, model, threshold=threshold)
     img = load_image(image)
     faces = rec.recognize(img, top_k=top_k)
     if not faces:
         raise NoFaceError(f"{image}: no face found")
     out_path = out or default_annotation_path(image)
+    created = _created_note(out_path)
     write_image(out_path, annotate(img, faces))
     if as_json:
         doc = {
@@ -245,38 +440,22 @@ def _recognize(
             "metric": "cosine similarity",
             "threshold": rec.threshold,
             "annotated": str(out_path),
-            "faces": [
-                {
-                    "box": [round(float(v), 2) for v in f.box],
-                    "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in f.landmarks],
-                    "identity": f.identity,
-                    "score": round(float(f.match_score), 6) if f.match_score is not None else None,
-                    "matches": [
-                        {"identity": m.identity, "score": round(float(m.score), 6)}
-                        for m in f.matches
-                    ],
-                }
-                for f in faces
-            ],
+            "faces": [face_record(f) for f in faces],
         }
         click.echo(json.dumps(doc))
+        if created and out is not None:
+            click.echo(f"annotated image: {out_path}{created}", err=True)
     else:
         for i, f in enumerate(faces):
-            name = f.identity or "unknown"
             x1, y1, x2, y2 = (round(float(v)) for v in f.box)
-            others = ", ".join(f"{m.identity} {m.score:.3f}" for m in f.matches[1:])
-            click.echo(
-                f"face {i} [{x1},{y1},{x2},{y2}]: {name}  "
-                f"(cosine similarity {f.match_score:.3f}, threshold {rec.threshold:.3f})"
-                + (f"; runners-up: {others}" if others else "")
-            )
-        click.echo(f"annotated image: {out_path}")
+            click.echo(f"face {i} [{x1},{y1},{x2},{y2}]: {face_line(f, rec.threshold)}")
+        click.echo(f"annotated image: {out_path}{created if out is not None else ''}")
 
 
 @main.command(name="recognize")
 @_recognize_options
 def recognize_cmd(**kw: Any) -> None:
-    """Who is in the photo? Prints identity, cosine score and runners-up per face."""
+    """Who is in the photo? Name, cosine score, runners-up per face."""
     _recognize(**kw)
 
 
@@ -293,76 +472,168 @@ def recognize_main(**kw: Any) -> None:
 
 # -- evaluation and demo ----------------------------------------------------------------------
 @main.command(name="eval")
-@click.option("--enroll", "enroll_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--probe", "probe_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--enroll",
+    "enroll_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder of identity sub-folders (ENROLL/<name>/*.jpg): every photo is enrolled.",
+)
+@click.option(
+    "--probe",
+    "probe_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder of identity sub-folders to identify; people not in --enroll are strangers.",
+)
 @model_option
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--threshold", type=float, default=None, help="Operating threshold to report.")
-@click.option("--mask-copies", type=int, default=None, help="Masked copies per enrolled photo.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the metrics as one JSON document on stdout."
+)
+@click.option(
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the metrics' JSON document to this file.",
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write roc.png and scores.png (genuine/impostor histograms) into this folder.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Threshold to report FAR/FRR and the open-set rates at (default: the model's "
+    "shipped one, as `recognize` uses).",
+)
+@click.option(
+    "--mask-copies",
+    type=click.IntRange(min=0),
+    default=None,
+    show_default="the model's own: " + _default_setting("enroll_mask_copies"),
+    help="Synthetically masked copies enrolled beside each photo.",
+)
 @click.option("--pattern", default="*", help="Glob for image files inside identity folders.")
 @click.option("--probe-pattern", default=None, help="Glob for probe files (default: --pattern).")
 def evaluate(
     enroll_dir: Path,
     probe_dir: Path,
     model: str | None,
-    json_path: Path | None,
+    as_json: bool,
+    output: Path | None,
     plots_dir: Path | None,
     threshold: float | None,
     mask_copies: int | None,
     pattern: str,
     probe_pattern: str | None,
 ) -> None:
-    """Open-set evaluation: enroll every image of ENROLL, identify every image of PROBE."""
-    from maskid.evaluate import evaluate_folders, write_plots
+    """Measure accuracy: enroll ENROLL, identify every PROBE photo.
 
+    Open-set identification: rank-1/5, TAR at FAR 1e-3 and 1e-2, EER, and FAR/FRR at the
+    model's shipped threshold (or --threshold)."""
+    from maskid.evaluate import evaluate_folders, write_plots
+    from maskid.metrics import threshold_at_far
+    from maskid.recognizer import Recognizer
+
+    rec = Recognizer(None, model=model, mask_copies=mask_copies)
+    shipped = threshold is None
+    op = rec.threshold if threshold is None else threshold
     result = evaluate_folders(
         enroll_dir,
         probe_dir,
-        model=model,
-        threshold=threshold,
-        mask_copies=mask_copies,
+        threshold=op,
         enroll_pattern=pattern,
         probe_pattern=probe_pattern or pattern,
         progress=_progress("eval"),
+        recognizer=rec,
     )
     report = result.report
-    click.echo(
+    # For reference only: the threshold these probes' own impostors would give (FAR 1e-3).
+    fitted = threshold_at_far(result.impostor, 1e-3)
+    source = "the model's shipped threshold" if shipped else "--threshold"
+    doc = {
+        "model": result.model,
+        **report.as_dict(),
+        "threshold_source": "model" if shipped else "--threshold",
+        "fitted_threshold_far_1e-3": fitted if math.isfinite(fitted) else None,
+    }
+    say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    say(
         f"model {result.model}: {report.n_probes} probes ({report.n_known} of enrolled people, "
         f"{report.n_no_face} without a face found)"
     )
-    click.echo(f"rank-1 {report.rank1:.4f}  rank-5 {report.rank5:.4f}")
-    click.echo(
+    say(f"rank-1 {report.rank1:.4f}  rank-5 {report.rank5:.4f}")
+    say(
         f"TAR@FAR=1e-3 {report.tar_at_far_1e_3:.4f}  TAR@FAR=1e-2 {report.tar_at_far_1e_2:.4f}  "
         f"EER {report.eer:.4f}"
     )
-    click.echo(
-        f"threshold {report.threshold:.4f} (cosine): FAR {report.far_at_threshold:.5f} "
-        f"FRR {report.frr_at_threshold:.4f}"
+    say(
+        f"at threshold {report.threshold:.4f} ({source}; cosine): "
+        f"FAR {report.far_at_threshold:.5f} FRR {report.frr_at_threshold:.4f}"
     )
     if report.n_unknown:
-        click.echo(
+        say(
             f"open set at the threshold: {report.dir_at_threshold:.4f} of enrolled people's probes "
             f"named correctly, {report.false_alarm_at_threshold:.4f} of {report.n_unknown} "
             "strangers' probes given a name"
         )
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"model": result.model, **report.as_dict()}, indent=2))
-        click.echo(f"wrote {json_path}")
+    say(
+        f"fitted on these probes, for reference only (not used above): threshold {fitted:.4f} "
+        f"at FAR 1e-3 among their {report.n_impostor} impostor pairs"
+    )
+    if as_json:
+        click.echo(json.dumps(doc))
+    if output:
+        created = _created_note(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(doc, indent=2))
+        click.echo(f"wrote {output}{created}", err=as_json)
     if plots_dir:
+        created = "" if plots_dir.exists() else f" (created the directory {plots_dir})"
         for p in write_plots(result, plots_dir):
-            click.echo(f"wrote {p}")
+            click.echo(f"wrote {p}{created}", err=as_json)
+            created = ""
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the demo's gallery and annotated picture (default: the cache, printed).",
+)
 @model_option
-def demo(out_dir: Path | None, model: str | None) -> None:
-    """The whole story on bundled photos: build, enroll one person, recognize them masked."""
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document on stdout (the story goes to stderr).",
+)
+def demo(out_dir: Path | None, model: str | None, as_json: bool) -> None:
+    """Demo: enroll a newcomer, recognize them in a real mask.
+
+    On bundled photos, offline: builds a small celebrity gallery, enrolls a newcomer from one
+    unmasked photo and recognizes a photo of them wearing a real mask; prints the identity,
+    score and threshold, and writes the annotated picture."""
     from maskid.demo import run_demo
 
-    run_demo(out_dir, model=model, echo=click.echo)
+    created = _created_note(out_dir / "x") if out_dir is not None else ""
+    result = run_demo(out_dir, model=model, echo=lambda line: click.echo(line, err=as_json))
+    if created:
+        click.echo(f"wrote into {out_dir}{created}", err=as_json)
+    if as_json:
+        doc = {
+            "enrolled": result.enrolled,
+            "query": str(result.query),
+            "threshold": result.threshold,
+            "annotated": str(result.annotated),
+            "faces": [face_record(f) for f in result.faces],
+        }
+        click.echo(json.dumps(doc))
 
 
 @main.command()
@@ -370,11 +641,17 @@ def demo(out_dir: Path | None, model: str | None) -> None:
     "--source",
     required=True,
     help="0 or /dev/video0 (USB camera), csi://0 (Jetson CSI), rtsp://... or http://..., "
-    "a GStreamer pipeline ('... ! appsink'), a video file, or a folder of images.",
+    "a GStreamer pipeline ('... ! appsink'), a video file, or a folder of images. Cameras "
+    "take ?width=&height=&fps= (CSI also &flip=0..7), e.g. csi://0?width=1280&height=720&fps=30.",
 )
 @gallery_option
 @model_option
-@click.option("--threshold", type=float, default=None, help="As for `recognize`.")
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="As for `recognize` (default: the model's shipped threshold).",
+)
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -395,6 +672,14 @@ def demo(out_dir: Path | None, model: str | None) -> None:
     help="Re-embed a tracked face every N frames (and at once when its box moves).",
 )
 @click.option("--votes", default=5, show_default=True, help="Recent matches that name a track.")
+@click.option(
+    "--split-margin",
+    type=float,
+    default=None,
+    help="Cosine similarity to a track's recent faces below which its new face is someone "
+    "else's: the track ends (lost) and a new one starts (default: measured once per model on "
+    "the bundled photos; -1 never splits).",
+)
 @click.option(
     "--max-refresh",
     default=2,
@@ -419,22 +704,30 @@ def camera(
     detect_every: int,
     embed_every: int,
     votes: int,
+    split_margin: float | None,
     max_refresh: int,
     max_frames: int | None,
     threads: int | None,
 ) -> None:
-    """The camera loop: track faces, name them, report events; runs until the source ends,
-    q/Esc in the window, Ctrl-C or SIGTERM. Live sources are reopened when they drop."""
+    """Run the camera loop: track faces, name them, report events.
+
+    It runs until the stream ends; it stops at the end of a file or folder, on q/Esc in the window, Ctrl-C or SIGTERM; live
+    sources are reopened when they drop."""
     from maskid.camera import CameraOptions, run_camera
 
-    rec = _recognizer(gallery_dir, model, threshold=threshold, threads=threads)
+    if output is not None and output.suffix.lower() not in (".mp4", ".avi"):
+        raise UsageError(f"--output {output}: record to a .mp4 or .avi file")
     options = CameraOptions(
         detect_every=detect_every,
         embed_every=embed_every,
         votes=votes,
         max_refresh=max_refresh,
         threshold=threshold,
+        split_margin=split_margin,
     )
+    options.check()
+    rec = _recognizer(gallery_dir, model, threshold=threshold, threads=threads)
+    created = _created_note(output) if output is not None else ""
     stats = run_camera(
         rec,
         source,
@@ -447,11 +740,15 @@ def camera(
         notify=lambda line: click.echo(line, err=True),
     )
     click.echo(stats.summary(), err=True)
+    if output is not None and stats.frames:
+        click.echo(f"recorded {output}{created}", err=True)
 
 
 @main.command()
 def backends() -> None:
-    """What this installation can run on (C++ core, CUDA, TensorRT, ONNX Runtime providers)."""
+    """Report the C++ core, CUDA, TensorRT and ONNX Runtime support.
+
+    What this installation can run on: the compiled parts and the ONNX Runtime providers."""
     from maskid.preprocess import backends as probe
 
     for key, value in probe().items():

@@ -32,6 +32,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shlex
 import signal
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
@@ -108,6 +109,15 @@ def validate_name(name: object) -> str:
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
         raise UsageError(f"identity name {name!r} contains control characters")
     return name
+
+
+def rebuild_hint(path: str | os.PathLike[str]) -> str:
+    """How to rebuild the gallery at `path`, as a command to copy (for error messages)."""
+    return (
+        f"rebuild it with `maskid build DATASET --gallery {shlex.quote(str(path))} --force` "
+        "(DATASET: the folder of <name>/ photo folders it was built from), or enroll into "
+        "a new --gallery"
+    )
 
 
 def _hnswlib_version() -> str:
@@ -332,13 +342,12 @@ class Gallery:
         if embedder_id is not None and embedder_id != have:
             raise GalleryError(
                 f"gallery {self.path} was built with {have} but the current model is "
-                f"{embedder_id}; rebuild it with `maskid build DATASET --gallery NEW_DIR` "
-                f"(or delete {self.path} and enroll again)"
+                f"{embedder_id}; {rebuild_hint(self.path)}"
             )
         if dim is not None and dim != self.dim:
             raise GalleryError(
                 f"gallery {self.path} holds {self.dim}-d descriptors but the current model "
-                f"makes {dim}-d ones; rebuild it with `maskid build DATASET --gallery NEW_DIR`"
+                f"makes {dim}-d ones; {rebuild_hint(self.path)}"
             )
 
     # -- properties --------------------------------------------------------------------------
@@ -524,7 +533,9 @@ class Gallery:
         pos = np.searchsorted(self._labels, labels)
         pos = np.minimum(pos, self._labels.size - 1)
         if not np.array_equal(self._labels[pos], labels):
-            raise GalleryError(f"gallery {self.path}: index and metadata disagree; rebuild it")
+            raise GalleryError(
+                f"gallery {self.path}: index and metadata disagree; {rebuild_hint(self.path)}"
+            )
         ids = self._ident[pos].tolist()
         results: list[list[Match]] = []
         short = False
@@ -767,7 +778,9 @@ class Gallery:
         try:
             m = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            raise GalleryError(f"gallery manifest {mpath} is corrupt ({e}); rebuild it") from None
+            raise GalleryError(
+                f"gallery manifest {mpath} is corrupt ({e}); {rebuild_hint(self.path)}"
+            ) from None
         return _check_manifest(m, mpath)
 
     def _load_committed(self, with_sources: bool) -> None:
@@ -781,8 +794,13 @@ class Gallery:
             except FileNotFoundError as e:
                 last = e  # a writer committed and cleaned up the generation: read the new one
             except _Corrupt as e:
-                raise GalleryError(f"gallery {self.path} is corrupt: {e}; rebuild it") from None
-        raise GalleryError(f"gallery {self.path}: generation files are missing ({last})")
+                raise GalleryError(
+                    f"gallery {self.path} is corrupt: {e}; {rebuild_hint(self.path)}"
+                ) from None
+        missing = Path(getattr(last, "filename", "") or "?").name
+        raise GalleryError(
+            f"gallery {self.path} is incomplete: {missing} is missing; {rebuild_hint(self.path)}"
+        )
 
     def _load_generation(self, manifest: dict[str, Any], with_sources: bool) -> None:
         files = manifest["files"]
@@ -894,7 +912,10 @@ class Gallery:
         except OSError as e:
             raise GalleryError(f"cannot read {entry['name']} in {self.path}: {e}") from None
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise GalleryError(f"gallery {self.path} is corrupt: {entry['name']} fails sha256")
+            raise GalleryError(
+                f"gallery {self.path} is corrupt: {entry['name']} fails its sha256 check; "
+                f"{rebuild_hint(self.path)}"
+            )
         try:
             doc = json.loads(data)
             src = _Sources(
@@ -903,10 +924,15 @@ class Gallery:
                 [str(x) for x in doc["added"]],
             )
         except (ValueError, KeyError, TypeError) as e:
-            raise GalleryError(f"gallery {self.path} is corrupt: {entry['name']}: {e}") from None
+            raise GalleryError(
+                f"gallery {self.path} is corrupt: {entry['name']}: {e}; {rebuild_hint(self.path)}"
+            ) from None
         n = self._labels.size
         if not (len(src.path) == len(src.sha256) == len(src.added) == n):
-            raise GalleryError(f"gallery {self.path} is corrupt: {entry['name']} length mismatch")
+            raise GalleryError(
+                f"gallery {self.path} is corrupt: {entry['name']} length mismatch; "
+                f"{rebuild_hint(self.path)}"
+            )
         self._sources = src
         self._close_sources_fd()
         return src
@@ -928,7 +954,9 @@ def _check_manifest(m: object, mpath: Path) -> dict[str, Any]:
         raise GalleryError(f"{mpath} is not a maskid gallery manifest")
     version = m.get("format_version")
     if not isinstance(version, int):
-        raise GalleryError(f"gallery manifest {mpath} is corrupt (no format_version); rebuild it")
+        raise GalleryError(
+            f"gallery manifest {mpath} is corrupt (no format_version); {rebuild_hint(mpath.parent)}"
+        )
     if version > FORMAT_VERSION:
         raise GalleryError(
             f"gallery {mpath.parent} has format version {version}, newer than this maskid "
@@ -959,6 +987,7 @@ def _check_manifest(m: object, mpath: Path) -> dict[str, Any]:
         ok = False
     if not ok:
         raise GalleryError(
-            f"gallery manifest {mpath} is corrupt (missing or bad fields); rebuild it"
+            f"gallery manifest {mpath} is corrupt (missing or bad fields); "
+            f"{rebuild_hint(mpath.parent)}"
         )
     return m

@@ -5,6 +5,11 @@ the compute and makes the name flicker when one frame scores badly. The tracker 
 frame's detections to the previous ones by box overlap (IoU, greedy, best pair first), asks
 for an embedding when a track appears, every `embed_every` frames after that, or when its box
 has moved or changed size a lot, and names the track by voting over its recent matches.
+
+Box overlap cannot tell two people apart when one replaces the other at the same spot (a cut,
+or a queue at a door). So each track also keeps its recent descriptors, and a new descriptor
+far from their mean (`similarity_to_recent` below the caller's margin) means someone else:
+the caller ends the track and `restart`s it as a new one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Track:
     embedded_frame: int | None = None
     embedded_box: np.ndarray | None = None
     votes: deque[tuple[str | None, float]] = field(default_factory=deque)
+    descriptors: deque[np.ndarray] = field(default_factory=deque)  # recent, L2-normalised
     reported: bool = False  # an event has named this track
     reported_identity: str | None = None  # the identity that event gave
 
@@ -151,13 +157,49 @@ class IouTracker:
         refresh.sort(key=lambda item: item[:3])
         return new + [item[3] for item in refresh[: self.max_refresh]]
 
-    def record(self, track: Track, identity: str | None, score: float, frame: int) -> None:
-        """Note a match for the track (identity None: below the threshold)."""
+    def record(
+        self,
+        track: Track,
+        identity: str | None,
+        score: float,
+        frame: int,
+        descriptor: np.ndarray | None = None,
+    ) -> None:
+        """Note a match for the track (identity None: below the threshold) and the descriptor
+        it came from (kept among the track's `votes` most recent ones)."""
         track.embedded_frame = frame
         track.embedded_box = track.box.copy()
         track.votes.append((identity, float(score)))
         while len(track.votes) > self.votes:
             track.votes.popleft()
+        if descriptor is not None:
+            d = np.asarray(descriptor, np.float32).reshape(-1)
+            track.descriptors.append(d / max(float(np.linalg.norm(d)), 1e-12))
+            while len(track.descriptors) > self.votes:
+                track.descriptors.popleft()
+
+    @staticmethod
+    def similarity_to_recent(track: Track, descriptor: np.ndarray) -> float | None:
+        """Cosine similarity of `descriptor` to the mean of the track's recent descriptors
+        (None for a track not embedded yet)."""
+        if not track.descriptors:
+            return None
+        mean = np.mean(np.stack(track.descriptors), axis=0)
+        d = np.asarray(descriptor, np.float32).reshape(-1)
+        denom = max(float(np.linalg.norm(mean) * np.linalg.norm(d)), 1e-12)
+        return float(np.dot(mean, d) / denom)
+
+    def restart(self, track: Track, frame: int) -> Track:
+        """End `track` and put a new track (new id, no votes, no descriptors) in its place on
+        the same detection: someone else now stands where it was. Returns the new track."""
+        i = next(k for k, t in enumerate(self.tracks) if t is track)
+        old = track.face  # keeps the ended track's last results for its "lost" event
+        face = Face(box=old.box.copy(), score=old.score, landmarks=old.landmarks.copy())
+        new = Track(id=self._new_id(), face=face, first_frame=frame, last_seen=frame)
+        self.tracks[i] = new
+        self._rounds_missed.pop(track.id, None)
+        self._rounds_missed[new.id] = 0
+        return new
 
     def _new_id(self) -> int:
         self._next_id += 1
