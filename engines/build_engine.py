@@ -7,8 +7,11 @@ The engine lands in ``maskid.paths.cache_dir()/engines`` as
 ``<stem>.<sha256[:16]>.trt<version>.<gpu>.<precision>.b<max_batch>.engine`` with a JSON sidecar.
 An existing engine is reused only when its sidecar matches the model's full sha256, this
 TensorRT version, this GPU, the precision and the batch; otherwise it is refused (rebuild with
-``--force``). INT8 needs real aligned face chips (150x150 images, or an .npy of
-``(N, 3, S, S)`` float32 / ``(N, S, S, 3)`` uint8 RGB); there is no random-data fallback.
+``--force``). INT8 needs real face chips aligned for the model (S x S images, S the model's input
+size, or an .npy of ``(N, S, S, 3)`` uint8 RGB chips, or ``(N, 3, S, S)`` float32 already in the
+model's input form, e.g. from ``Embedder.prepare``); image and uint8 chips are put into the
+model's input form by its contract (colour order, mean, scale); there is no random-data
+fallback.
 Prints the engine path on stdout; errors are one line on stderr with exit code 6.
 """
 
@@ -19,11 +22,13 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from maskid.contract import ModelContract
 from maskid.errors import ModelError
 from maskid.models import sha256_file
 from maskid.paths import cache_dir
@@ -108,13 +113,38 @@ def onnx_contract(model: Path) -> dict[str, Any]:
     }
 
 
-def load_calibration(source: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """Real aligned chips as float32 NCHW RGB, 0..255 (the maskid graphs normalise inside)."""
+def sidecar(key: dict, input_name: str, chw: tuple[int, ...], contract: dict) -> dict[str, Any]:
+    """The engine's JSON sidecar: its cache key (`engine_key`), its input, and the ONNX model's
+    output width and metadata (`onnx_contract`), from which `maskid.embedder.Embedder` reads the
+    model's name, settings and input contract when it opens the engine."""
+    return {**key, "input": input_name, "input_shape": list(chw), **contract}
+
+
+def _to_model_input(rgb: np.ndarray, metadata: Mapping[str, str]) -> np.ndarray:
+    """uint8/float N x 3 x S x S RGB 0..255 -> the model's input: its colour order, (x - mean)
+    * scale, as `maskid.embedder.Embedder.prepare` feeds it (identity for the dlib graphs, which
+    normalise inside)."""
+    c = ModelContract.from_metadata(metadata)
+    planes = rgb[:, ::-1] if c.color_order == "BGR" else rgb
+    data = planes.astype(np.float32)
+    data -= np.asarray(c.mean, np.float32)[None, :, None, None]
+    data *= np.float32(c.scale)
+    return np.ascontiguousarray(data)
+
+
+def load_calibration(
+    source: Path, shape: tuple[int, int, int], metadata: Mapping[str, str] | None = None
+) -> np.ndarray:
+    """Real aligned chips in the model's input form (float32 NCHW). Image files and uint8 .npy
+    chips (N x S x S x 3 RGB) are converted by the model's contract (`metadata`, the ONNX
+    metadata_props; none: RGB 0..255 as the dlib graphs take it); a float32 .npy is taken as
+    the model's input already (e.g. from `Embedder.prepare`)."""
     c, h, w = shape
+    metadata = metadata or {}
     if source.suffix == ".npy":
         data = np.load(source)
         if data.dtype == np.uint8 and data.ndim == 4 and data.shape[-1] == 3:
-            data = data.transpose(0, 3, 1, 2)
+            data = _to_model_input(data.transpose(0, 3, 1, 2), metadata)
         data = np.ascontiguousarray(data, dtype=np.float32)
     elif source.is_dir():
         import cv2
@@ -128,7 +158,7 @@ def load_calibration(source: Path, shape: tuple[int, int, int]) -> np.ndarray:
             if img.shape[:2] != (h, w):
                 raise ModelError(f"calibration chip {p.name} is {img.shape[:2]}, need {(h, w)}")
             chips.append(img[..., ::-1].transpose(2, 0, 1))
-        data = np.asarray(chips, dtype=np.float32)
+        data = _to_model_input(np.asarray(chips, dtype=np.uint8).reshape(-1, c, h, w), metadata)
     else:
         raise ModelError(f"calibration data must be a folder of chips or an .npy: {source}")
     if data.ndim != 4 or data.shape[1:] != (c, h, w):
@@ -186,7 +216,7 @@ def build(args: argparse.Namespace) -> Path:
             raise ModelError("--precision int8 needs --calib with real aligned face chips")
         if not builder.platform_has_fast_int8:
             raise ModelError("this GPU has no fast INT8; use --precision fp16")
-        data = load_calibration(Path(args.calib), chw)  # type: ignore[arg-type]
+        data = load_calibration(Path(args.calib), chw, contract["onnx_metadata"])  # type: ignore[arg-type]
         cache = out.with_suffix(".calib")
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = _calibrator(trt, data, cache)
@@ -199,7 +229,7 @@ def build(args: argparse.Namespace) -> Path:
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(bytes(serialized))
     tmp.replace(out)
-    meta: dict[str, Any] = {**key, "input": inp.name, "input_shape": list(chw), **contract}
+    meta = sidecar(key, inp.name, chw, contract)
     out.with_suffix(out.suffix + ".json").write_text(json.dumps(meta, indent=2))
     return out
 
@@ -241,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", help="the .onnx model (e.g. from maskid.models.model_path())")
     ap.add_argument("--precision", choices=PRECISIONS, default="fp16")
     ap.add_argument("--max-batch", type=int, default=32, help="largest batch the engine accepts")
-    ap.add_argument("--calib", help="INT8 only: folder of aligned 150x150 chips, or an .npy")
+    ap.add_argument(
+        "--calib", help="INT8 only: folder of chips aligned for the model (S x S), or an .npy"
+    )
     ap.add_argument("--force", action="store_true", help="rebuild even if a fresh engine exists")
     args = ap.parse_args(argv)
     if args.max_batch < 1:
