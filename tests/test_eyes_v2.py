@@ -45,13 +45,9 @@ def test_onnx_equals_the_torch_modules_on_real_faces(chips: tuple[Embedder, np.n
     emb, batch = chips
     m = onnx.load(str(V2))
     inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in m.graph.initializer}
-    (lrelu,) = [n for n in m.graph.node if n.name == "eye/prelu"]
-    (alpha,) = [a.f for a in lrelu.attribute if a.name == "alpha"]
-    branch = build_branch({
-        "conv1_w": inits["eye/conv1_w"], "conv1_b": inits["eye/conv1_b"],
-        "slope": np.array([alpha], np.float32), "gd_w": inits["eye/gd_w"],
-        "gd_b": inits["eye/gd_b"], "conv2_w": inits["eye/conv2_w"],
-    })  # fmt: skip
+    branch = build_branch(
+        {"gd_w": inits["eye/gd_w"], "gd_b": inits["eye/gd_b"], "conv2_w": inits["eye/conv2_w"]}
+    )
     rw = inits["eye/row_weights"].reshape(-1)
     with torch.no_grad():
         branch.row_logits.copy_(torch.logit(torch.from_numpy(rw).double()).float())

@@ -187,7 +187,7 @@ def train(
     real_repeat: int = 10,
 ) -> dict[str, Any]:
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     from maskid.paths import shared_data_dir
     from maskid_train.facecache import load_chips, split_rows
@@ -258,17 +258,24 @@ def train(
 
     log = []
     eye0 = embed_all()
-    log.append({"epoch": 0, **{k: proxy_eval(full, eye0, index, r, 1.0) for k, r in dev_rows.items()}})
+    log.append(
+        {"epoch": 0, **{k: proxy_eval(full, eye0, index, r, 1.0) for k, r in dev_rows.items()}}
+    )
     print(json.dumps(log[-1]), flush=True)
     best_state, best_score = None, -1.0
     src_tr = index["source"][tr].astype(str)
-    real_rows = np.flatnonzero((src_tr == "rmfd") & index["masked"][tr].astype(bool) & (index["copy"][tr] == 0))
+    real_rows = np.flatnonzero(
+        (src_tr == "rmfd") & index["masked"][tr].astype(bool) & (index["copy"][tr] == 0)
+    )
     rmfd_rows = np.flatnonzero((src_tr == "rmfd") & ~np.isin(np.arange(len(tr)), real_rows))
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         # Real masks are rare (rmfd: ~300 training photos among 56k rows): seen `real_repeat`
         # times an epoch, the person's other rmfd rows `real_repeat // 3` times.
-        extra = [np.repeat(real_rows, real_repeat - 1), np.repeat(rmfd_rows, max(real_repeat // 3 - 1, 0))]
+        extra = [
+            np.repeat(real_rows, real_repeat - 1),
+            np.repeat(rmfd_rows, max(real_repeat // 3 - 1, 0)),
+        ]
         order = rng.permutation(np.concatenate([np.arange(len(tr)), *extra]))
         total = 0.0
         for s in range(0, len(order), batch):
@@ -297,7 +304,9 @@ def train(
             best_state = {k: v.detach().clone() for k, v in branch.state_dict().items()}
             np.save(work / "eye_descriptors.npy", eye)
     assert best_state is not None
-    best_epoch = max(log[1:], key=lambda r: np.mean([r[k]["rank1"] + r[k]["tar"] for k in dev_rows]))
+    best_epoch = max(
+        log[1:], key=lambda r: np.mean([r[k]["rank1"] + r[k]["tar"] for k in dev_rows])
+    )
     torch.save(best_state, work / "branch.pt")
     summary = {"backbone": backbone, "epochs": epochs, "lr": lr, "distill": distill,
                "margin": margin, "seed": seed, "real_repeat": real_repeat, "classes": len(classes), "train_rows": len(tr),
@@ -403,7 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--real-repeat", type=int, default=10, help="rmfd real masks per epoch")
     ap.add_argument("--weight", type=float, default=1.0, help="eye weight in the descriptor")
     ap.add_argument("--name", default="maskid-eyes-v2")
-    ap.add_argument("--out", type=Path, default=Path("python/maskid/data/models/maskid-eyes-v2.onnx"))
+    ap.add_argument(
+        "--out", type=Path, default=Path("python/maskid/data/models/maskid-eyes-v2.onnx")
+    )
     a = ap.parse_args(argv)
     if a.step == "features":
         features(a.chips, a.work, a.backbone)
