@@ -184,9 +184,11 @@ def test_stream_that_is_down_then_drops_is_reopened(
     port = _free_port()
     notices: list[str] = []
     events: list[str] = []
-    with serve_later(tmp_path, port, delay=1.0):
+    rec = Recognizer(gallery)
+    rec.gallery(), rec.detector, rec.embedder  # loaded first: the stream must be down at start
+    with serve_later(tmp_path, port, delay=2.0):
         stats = run_camera(
-            Recognizer(gallery),
+            rec,
             f"http://127.0.0.1:{port}/short.avi",
             max_frames=7,
             display=False,
@@ -294,7 +296,8 @@ def test_a_track_whose_votes_turn_reports_a_change(
 ) -> None:
     """With track splitting off (--split-margin -1), two people at the same spot across a hard
     cut share one IoU track; re-embeddings vote the new name in and a "changed" event reports
-    it (threshold lowered so LFW photos get names). The default splits instead: see below."""
+    it (threshold -1 so every face gets its nearest name, whatever the model's cosine scale).
+    The default splits instead: see below."""
     video = tmp_path / "cut.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (640, 480))
     for name in PEOPLE:
@@ -303,7 +306,7 @@ def test_a_track_whose_votes_turn_reports_a_change(
         for _ in range(8):
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
-    options = CameraOptions(embed_every=2, votes=3, threshold=0.9, split_margin=-1.0)
+    options = CameraOptions(embed_every=2, votes=3, threshold=-1.0, split_margin=-1.0)
     pipeline = FacePipeline(Recognizer(gallery), options)
     with open_source(str(video)) as src:
         events = [e for i, f in enumerate(src) for e in pipeline.process(f, i).events]
