@@ -5,19 +5,24 @@
     rec.enroll("Ada", ["ada.jpg"])
     faces = rec.recognize("masked.jpg")   # each with .identity, .match_score, .box, .matches
 
-Public names are imported lazily, so `import maskid` stays cheap for the CLI.
+Public names (and `__version__`, which needs importlib.metadata) are imported lazily, so
+`import maskid` stays cheap for the CLI.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("maskid")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0"
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("maskid")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0.0.0"
+
 
 _EXPORTS = {
     "Recognizer": "maskid.recognizer",
@@ -35,6 +40,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        return _version()
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'maskid' has no attribute {name!r}")

@@ -346,21 +346,28 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def _session(path: Path, threads: int, providers: Sequence[str] | None) -> Any:
+    """The process's session for one MTCNN stage (options: see maskid.engine, where they were
+    chosen by measurement; the three nets differ by < 1 ms between optimisation levels)."""
     import onnxruntime as ort
+
+    from .engine import GRAPH_OPTIMIZATION, shared_session
 
     if not path.is_file():
         raise ModelError(f"detector model missing: {path}")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    # Spinning worker threads fight the Python thread (and other processes) on 2 cores.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    chosen = list(providers or ["CPUExecutionProvider"])
+
+    def make() -> Any:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION)
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        # Spinning worker threads fight the Python thread (and other processes) on 2 cores.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(path), sess_options=so, providers=chosen)
+
     try:
-        return ort.InferenceSession(
-            str(path), sess_options=so, providers=list(providers or ["CPUExecutionProvider"])
-        )
+        return shared_session(path, chosen, threads, make)
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelError(f"cannot load detector model {path}: {e}") from e

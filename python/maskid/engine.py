@@ -13,8 +13,9 @@ dropped and outputs come back in input order.
 from __future__ import annotations
 
 import json
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,38 @@ from maskid.errors import ModelError
 
 ONNX_SUFFIXES = (".onnx",)
 TENSORRT_SUFFIXES = (".engine", ".plan", ".trt")
+
+# ONNX Runtime session options, chosen by measurement (ORT 1.32 on 2 cores, the shipped models,
+# each session made fresh 7 times per setting; whole-process effect: benchmarks/cli.py):
+# - graph optimisation ORT_ENABLE_ALL: it costs maskid-eyes-v2 ~20 ms more to create than
+#   ORT_DISABLE_ALL (the fp16 weights are folded) but runs it 2x faster (9 vs 17-19 ms a face),
+#   so it pays for itself from the first face; the MTCNN nets differ by < 1 ms either way.
+# - no optimised-model file (`SessionOptions.optimized_model_filepath`): loading an
+#   ORT_ENABLE_ALL-optimised copy saves ~20 ms of session start per process, but that copy is
+#   tied to this CPU's instruction set and this ORT version (ORT warns so), and an
+#   ORT_ENABLE_EXTENDED copy saves only ~10 ms: not worth a second, hardware-keyed file beside
+#   every model.
+# - intra-op threads: ORT's default (one per core); 1 thread is ~20% slower per face.
+# - one session per model file, providers and thread count per process (`shared_session`).
+GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
+
+_SESSIONS: dict[tuple[Any, ...], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def shared_session(
+    path: Path, providers: Sequence[str], threads: int | None, make: Callable[[], Any]
+) -> Any:
+    """The process's ONNX Runtime session for model file `path` with these providers and
+    threads, made by `make()` on first use (ONNX Runtime sessions are safe to run from several
+    threads). A file changed on disk (size or mtime) gets a new session."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size, tuple(providers), threads)
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(key)
+        if session is None:
+            session = _SESSIONS[key] = make()
+        return session
 
 
 class Engine(ABC):
@@ -156,13 +189,18 @@ class OnnxEngine(Engine):
         missing = [p for p in providers if p not in available]
         if missing:
             raise ModelError(f"ONNX Runtime providers not available: {missing} (have {available})")
-        try:
+
+        def make() -> Any:
             opts = ort.SessionOptions()
+            opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION)
             if threads:
                 opts.intra_op_num_threads = threads
             # Spinning worker threads steal the CPU from the rest of the pipeline on small boards.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self.session = ort.InferenceSession(str(path), opts, providers=list(providers))
+            return ort.InferenceSession(str(path), opts, providers=list(providers))
+
+        try:
+            self.session = shared_session(path, providers, threads, make)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelError(f"cannot load ONNX model {path}: {exc}") from exc
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -312,4 +350,4 @@ def check_engine_sidecar(path: Path) -> None:
         )
 
 
-__all__ = ["Engine", "OnnxEngine", "TrtCoreEngine", "TrtPythonEngine"]
+__all__ = ["Engine", "OnnxEngine", "TrtCoreEngine", "TrtPythonEngine", "shared_session"]

@@ -27,26 +27,28 @@ A `Gallery` object is not thread-safe; use one per thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
 import shlex
 import signal
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import filelock
-import hnswlib
 import numpy as np
 
 from maskid.errors import GalleryError, UnknownIdentityError, UsageError
 from maskid.face import Match
+
+if TYPE_CHECKING:  # hnswlib and filelock load only where an index is read or a lock taken
+    import filelock
+    import hnswlib
 
 __all__ = ["FORMAT_VERSION", "Gallery", "HnswParams", "validate_name"]
 
@@ -59,6 +61,7 @@ _INITIAL_CAPACITY = 1024
 _GEN_FILE = re.compile(r"^(index|meta|sources)-(\d{6,})\.(bin|json)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+_T = TypeVar("_T")
 
 # Test hook: a process with this set kills itself (SIGKILL) at the named point of a commit.
 _CRASH_AT: str | None = os.environ.get("MASKID_GALLERY_CRASH_AT") or None
@@ -120,7 +123,10 @@ def rebuild_hint(path: str | os.PathLike[str]) -> str:
     )
 
 
+@functools.cache
 def _hnswlib_version() -> str:
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("hnswlib")
     except importlib.metadata.PackageNotFoundError:
@@ -217,7 +223,7 @@ class Gallery:
         # Use Gallery.open(); this only sets up an empty shell.
         self._sources_fd: int | None = None
         self.path = path
-        self._lock = filelock.FileLock(str(path / LOCK), timeout=lock_timeout)
+        self._lock: filelock.FileLock | None = None  # made by the first writer (_locked)
         self._lock_timeout = lock_timeout
         self._manifest: dict[str, Any] = {}
         self._generation = 0
@@ -277,12 +283,34 @@ class Gallery:
             cls._create(root, embedder_id, dim, hnsw or HnswParams(), lock_timeout)
         elif not root.is_dir():
             raise GalleryError(f"{root} is not a directory")
+        if create:  # a writer: load what a commit needs now, not inside the commit
+            import filelock  # noqa: F401
+
+            _hnswlib_version()
         g = cls(root, lock_timeout)
         g._manifest = g._read_manifest()
-        g._check_embedder(embedder_id, dim)  # before loading a possibly large index
+        g.check_embedder(embedder_id, dim)  # before loading a possibly large index
         g._load_committed(with_sources=False)
-        g._check_embedder(embedder_id, dim)  # (in case another process rebuilt it meanwhile)
+        g.check_embedder(embedder_id, dim)  # (in case another process rebuilt it meanwhile)
         return g
+
+    @classmethod
+    def read_identities(cls, path: str | os.PathLike[str]) -> tuple[dict[str, int], dict[str, Any]]:
+        """Name -> number of descriptors, and the manifest, of the gallery at `path`, read from
+        its (verified) metadata alone: no index is loaded and no embedder is needed, so listing a
+        large gallery stays cheap. Errors as `open` (GalleryError for none or a corrupt one)."""
+        root = Path(path)
+        if not (root / MANIFEST).exists():
+            cls.open(root)  # raises the "no gallery" error
+        elif not root.is_dir():
+            raise GalleryError(f"{root} is not a directory")
+        g = cls(root, 60.0)
+
+        def load(manifest: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any]]:
+            names, _, _, counts = g._read_meta(manifest)
+            return {n: c for n, c in sorted(zip(names, counts, strict=True)) if c > 0}, manifest
+
+        return g._committed(load)
 
     @classmethod
     def _create(
@@ -310,6 +338,8 @@ class Gallery:
                     f"{root} is not empty and holds no gallery (found {foreign[0]!r}, ...); "
                     "choose a new or empty directory for the gallery"
                 )
+            import hnswlib
+
             index = hnswlib.Index(space="ip", dim=dim)
             index.init_index(
                 max_elements=_INITIAL_CAPACITY,
@@ -337,7 +367,9 @@ class Gallery:
             g._write_generation(1)
             g._close_sources_fd()
 
-    def _check_embedder(self, embedder_id: str | None, dim: int | None) -> None:
+    def check_embedder(self, embedder_id: str | None, dim: int | None) -> None:
+        """GalleryError (saying how to rebuild) unless the gallery was built by `embedder_id`
+        with `dim`-d descriptors (None: not checked)."""
         have = self.embedder_id
         if embedder_id is not None and embedder_id != have:
             raise GalleryError(
@@ -669,8 +701,13 @@ class Gallery:
     # -- commit ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        import filelock
+
+        if self._lock is None:
+            self._lock = filelock.FileLock(str(self.path / LOCK), timeout=self._lock_timeout)
+        lock = self._lock
         try:
-            self._lock.acquire()
+            lock.acquire()
         except filelock.Timeout:
             raise GalleryError(
                 f"gallery {self.path} is locked: another maskid process has been updating it "
@@ -681,7 +718,7 @@ class Gallery:
         try:
             yield
         finally:
-            self._lock.release()
+            lock.release()
 
     def _commit(self) -> None:
         with self._locked():
@@ -785,12 +822,16 @@ class Gallery:
 
     def _load_committed(self, with_sources: bool) -> None:
         """Load the latest committed generation (retrying if a writer replaces it meanwhile)."""
+        self._committed(lambda manifest: self._load_generation(manifest, with_sources))
+
+    def _committed(self, load: Callable[[dict[str, Any]], _T]) -> _T:
+        """`load(manifest)` of the latest committed generation, retried if a writer replaces
+        that generation meanwhile; a corrupt or incomplete gallery raises GalleryError."""
         last: Exception | None = None
         for _ in range(8):
             manifest = self._read_manifest()
             try:
-                self._load_generation(manifest, with_sources)
-                return
+                return load(manifest)
             except FileNotFoundError as e:
                 last = e  # a writer committed and cleaned up the generation: read the new one
             except _Corrupt as e:
@@ -807,6 +848,36 @@ class Gallery:
         dim = int(manifest["dim"])
         hn = manifest["hnsw"]
         # Metadata first (small), then the index: both verified before they are parsed.
+        names, labels, ident, counts = self._read_meta(manifest)
+        index = self._load_index(files["index"], dim, int(hn["capacity"]))
+        if index.element_count != hn["element_count"] or index.element_count < labels.size:
+            raise _Corrupt(f"{files['index']['name']}: element count disagrees with the manifest")
+
+        sources_fd = self._open_checked(files["sources"])
+        # Commit the new state only once everything loaded.
+        self._close_sources_fd()
+        self._manifest = manifest
+        self._generation = int(manifest["generation"])
+        self._index = index
+        self._names = names
+        self._name_ids = {n: i for i, n in enumerate(names)}
+        self._counts = counts
+        self._labels = labels
+        self._ident = ident
+        self._next_label = int(manifest["next_label"])
+        self._pending = []
+        self._sources = None
+        self._sources_fd = sources_fd
+        self._stale = False
+        if with_sources:
+            self._load_sources()
+
+    def _read_meta(
+        self, manifest: dict[str, Any]
+    ) -> tuple[list[str], np.ndarray, np.ndarray, list[int]]:
+        """The verified metadata file of `manifest`'s generation: names, labels, identity of
+        each label, descriptors per name."""
+        files = manifest["files"]
         try:
             meta = json.loads(self._read_verified(files["meta"]))
         except (ValueError, UnicodeDecodeError) as e:
@@ -832,29 +903,7 @@ class Gallery:
         counts = np.bincount(ident, minlength=len(names)).tolist() if names else []
         if len(set(names)) != len(names):
             raise _Corrupt(f"{files['meta']['name']}: duplicate names")
-
-        index = self._load_index(files["index"], dim, int(hn["capacity"]))
-        if index.element_count != hn["element_count"] or index.element_count < labels.size:
-            raise _Corrupt(f"{files['index']['name']}: element count disagrees with the manifest")
-
-        sources_fd = self._open_checked(files["sources"])
-        # Commit the new state only once everything loaded.
-        self._close_sources_fd()
-        self._manifest = manifest
-        self._generation = int(manifest["generation"])
-        self._index = index
-        self._names = names
-        self._name_ids = {n: i for i, n in enumerate(names)}
-        self._counts = counts
-        self._labels = labels
-        self._ident = ident
-        self._next_label = int(manifest["next_label"])
-        self._pending = []
-        self._sources = None
-        self._sources_fd = sources_fd
-        self._stale = False
-        if with_sources:
-            self._load_sources()
+        return names, labels, ident, counts
 
     def _open_checked(self, entry: dict[str, Any]) -> int:
         fd = os.open(self.path / entry["name"], os.O_RDONLY)
@@ -889,6 +938,8 @@ class Gallery:
             src = f"/proc/self/fd/{fd}"
             if not os.path.exists(src):
                 src = str(self.path / entry["name"])
+            import hnswlib
+
             index = hnswlib.Index(space="ip", dim=dim)
             try:
                 index.load_index(src, max_elements=capacity, allow_replace_deleted=True)

@@ -25,8 +25,11 @@ DLIB_MODEL = "dlib-resnet-v1"
 EYES_MODEL = "maskid-eyes-v1"
 EYES_FLIP_MODEL = "maskid-eyes-v1-flip"
 DLIB_DAT = "dlib_face_recognition_resnet_model_v1.dat"
-# Bump when the converter's output changes, so stale cached ONNX files are not reused.
+# Bump when the converter's output changes, so stale cached ONNX files are not reused (the
+# builder's own source is hashed into the cache key too: see `_builder_key`).
 CONVERTER_VERSION = "1"
+# The code that builds the converted models: its hash is part of each cached file's name.
+BUILDER_SOURCES = ("dlibnet/reader.py", "dlibnet/onnx_build.py")
 BUNDLED_DIR = PACKAGE_DATA / "models"
 # Operating settings per model (cosine threshold, masked copies to enroll) and the default model,
 # written by benchmarks/accuracy.py from its dev-split measurements, never by hand.
@@ -112,10 +115,33 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+@functools.cache
+def _builder_key() -> str:
+    """A short hash of the converter's source files (read, never imported: no onnx), so a
+    cached model built by other converter code is rebuilt rather than trusted."""
+    h = hashlib.sha256(CONVERTER_VERSION.encode())
+    here = Path(__file__).parent
+    for rel in BUILDER_SOURCES:
+        try:
+            h.update((here / rel).read_bytes())
+        except OSError:
+            h.update(b"missing:" + rel.encode())
+    return h.hexdigest()[:8]
+
+
+def _cached(out: Path) -> bool:
+    """Whether the converted model `out` is in the cache (written whole by `_atomic_write`, so a
+    present, non-empty file is complete)."""
+    try:
+        return out.stat().st_size > 0
+    except OSError:
+        return False
+
+
 def _converted_dlib(dat: Path) -> Path:
     key = sha256_file(dat)[:16]
-    out = cache_dir() / "models" / f"{DLIB_MODEL}-c{CONVERTER_VERSION}-{key}.onnx"
-    if out.is_file():
+    out = cache_dir() / "models" / f"{DLIB_MODEL}-c{CONVERTER_VERSION}-{_builder_key()}-{key}.onnx"
+    if _cached(out):
         return out
     from maskid.dlibnet import build_onnx, read_dlib_net
 
@@ -134,17 +160,18 @@ EYE_WEIGHTS = BUNDLED_DIR / f"{EYES_MODEL}.eye.npz"
 def _converted_eyes(dat: Path, name: str = EYES_MODEL, flip: bool = False) -> Path:
     """dlib's net on the whole chip + the periocular branch (fine-tuned weights if shipped);
     `flip`: both branches averaged over the chip and its mirror image, inside the graph."""
+    key = sha256_file(dat)[:12]
+    if EYE_WEIGHTS.is_file():
+        key += "-" + sha256_file(EYE_WEIGHTS)[:12]
+    out = cache_dir() / "models" / f"{name}-c{CONVERTER_VERSION}-{_builder_key()}-{key}.onnx"
+    if _cached(out):
+        return out
+    # Building needs numpy, onnx and the dlib reader: imported only when the cache misses.
     import numpy as np
 
     from maskid.dlibnet.onnx_build import build_fused_onnx
     from maskid.dlibnet.reader import read_dlib_net, with_weights
 
-    key = sha256_file(dat)[:12]
-    if EYE_WEIGHTS.is_file():
-        key += "-" + sha256_file(EYE_WEIGHTS)[:12]
-    out = cache_dir() / "models" / f"{name}-c{CONVERTER_VERSION}-{key}.onnx"
-    if out.is_file():
-        return out
     full = read_dlib_net(dat)
     eye = full
     if EYE_WEIGHTS.is_file():

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from maskid.errors import ImageError, MaskidError, NoFaceError
 from maskid.face import Face, Match, iou
-from maskid.imageio import IMAGE_SUFFIXES
 from maskid.models import sha256_file
 
-if TYPE_CHECKING:  # the stages import onnxruntime/hnswlib: load them only when used
+# The stages (onnxruntime, OpenCV, hnswlib, PIL) load only when used: `maskid list` and
+# `maskid remove` need none of them.
+if TYPE_CHECKING:
     from maskid.detect import Detector
     from maskid.embedder import Embedder
     from maskid.gallery import Gallery
@@ -41,6 +41,8 @@ COPY_MIN_IOU = 0.4
 
 def identity_images(root: Path, pattern: str = "*") -> list[tuple[str, Path]]:
     """(identity, image path) for every image matching `pattern` in root/<identity>/."""
+    from maskid.imageio import IMAGE_SUFFIXES
+
     if not root.is_dir():
         raise ImageError(f"{root}: not a directory of identity folders")
     items = [
@@ -100,6 +102,7 @@ class Recognizer:
         self._detector: Detector | None = detector
         self._embedder: Embedder | None = embedder
         self._gallery: Gallery | None = None
+        self._gallery_checked = False  # whether _gallery was checked against the embedder
 
     # -- stages ---------------------------------------------------------------------------
     @property
@@ -149,6 +152,8 @@ class Recognizer:
         the chips are then cut from the bordered image, as dlib's reference pipeline does.
         Returned boxes and landmarks are in the coordinates of the bordered image.
         """
+        import cv2
+
         h, w = image.shape[:2]
         if min(h, w) > SMALL_IMAGE:
             faces = self.detector.detect(image)
@@ -203,6 +208,7 @@ class Recognizer:
 
     # -- gallery --------------------------------------------------------------------------
     def gallery(self, create: bool = False) -> Gallery:
+        """The gallery, checked to hold this recognizer's embedder's descriptors."""
         from maskid.gallery import Gallery
 
         if self._gallery is None or (create and not self._gallery_exists()):
@@ -212,6 +218,19 @@ class Recognizer:
                 dim=self.embedder.dim,
                 create=create,
             )
+        elif not self._gallery_checked:
+            self._gallery.check_embedder(self.embedder.model_id, self.embedder.dim)
+        self._gallery_checked = True
+        return self._gallery
+
+    def _gallery_any_model(self) -> Gallery:
+        """The gallery for what does not depend on the model (removing a name): opened without
+        building the embedder (no ONNX Runtime) to check it against the gallery's metadata."""
+        from maskid.gallery import Gallery
+
+        if self._gallery is None:
+            self._gallery = Gallery.open(self.gallery_dir)
+            self._gallery_checked = False
         return self._gallery
 
     def _gallery_exists(self) -> bool:
@@ -281,10 +300,17 @@ class Recognizer:
         return len(items)
 
     def remove(self, name: str) -> int:
-        return int(self.gallery().remove(name))
+        """Remove person `name` (any model's gallery: no network is loaded)."""
+        return int(self._gallery_any_model().remove(name))
 
     def identities(self) -> dict[str, int]:
-        return dict(self.gallery().identities())
+        """Name -> descriptors enrolled, from the gallery's metadata (no network or index is
+        loaded unless the gallery is already open)."""
+        if self._gallery is not None:
+            return dict(self._gallery.identities())
+        from maskid.gallery import Gallery
+
+        return Gallery.read_identities(self.gallery_dir)[0]
 
     def recognize(
         self, image: ImageInput, top_k: int = 5, threshold: float | None = None
