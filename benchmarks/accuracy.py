@@ -185,6 +185,11 @@ def run_row(
             ],
         }
     named = {n: at[n].report.dir_at_threshold for n in NAMED}
+    # per probe, for the paired identity bootstrap between rows (`dev_score_interval`)
+    named_probes = {
+        n: {"ids": at[n].probe_ids, "named": at[n].named_correctly(thr).astype(int).tolist()}
+        for n in NAMED
+    }
     out: dict[str, Any] = {
         "model": emb.name,
         "mask_copies": copies,
@@ -193,6 +198,7 @@ def run_row(
         "closed": {n: r.report.as_dict() for n, r in closed.items()},
         "at_threshold": {n: r.report.as_dict() for n, r in at.items()},
         "dev_named": named,
+        "dev_named_probes": named_probes,
         "dev_score": float(np.mean(list(named.values()))),
         "dev_rank1": float(np.mean([closed[n].report.rank1 for n in NAMED])),
         "seconds": time.perf_counter() - t0,
@@ -248,6 +254,31 @@ def choose(results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, dict[str,
     return str(default["model"]), settings
 
 
+def dev_score_interval(
+    a: dict[str, Any], b: dict[str, Any], n: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Dev score of row a minus row b, with a 95% paired bootstrap interval over identities
+    (people resampled within each dev source; the same draw for both rows)."""
+    rng = np.random.default_rng(seed)
+    diffs = np.zeros(n)
+    point = 0.0
+    for src in NAMED:
+        ids = np.asarray(a["dev_named_probes"][src]["ids"])
+        assert list(ids) == list(b["dev_named_probes"][src]["ids"]), "rows saw other probes"
+        d = np.asarray(a["dev_named_probes"][src]["named"], float) - np.asarray(
+            b["dev_named_probes"][src]["named"], float
+        )
+        people = sorted(set(ids))
+        per = [d[ids == p] for p in people]
+        point += d.mean() / len(NAMED)
+        for k in range(n):
+            pick = rng.integers(0, len(people), len(people))
+            sel = np.concatenate([per[i] for i in pick])
+            diffs[k] += sel.mean() / len(NAMED)
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return float(point), float(lo), float(hi)
+
+
 def write_settings(default: str, settings: dict[str, dict[str, float | int]]) -> None:
     doc = json.loads(SETTINGS_FILE.read_text())
     doc["default"] = default
@@ -300,9 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     default, settings = choose(results)
     print(f"\nbest on dev (the default by the rule): {default} with {settings[default]}")
+    best = f"{default}:{settings[default]['enroll_mask_copies']}"
+    intervals = {}
+    for key, r in results.items():
+        if key != best and r["model"] != results[best]["model"]:
+            intervals[key] = dev_score_interval(results[best], r)
+    for key, (d, lo, hi) in sorted(intervals.items(), key=lambda kv: kv[1][0]):
+        print(
+            f"  dev score, {best} minus {key}: {d:+.3f} [95% identity bootstrap {lo:+.3f}, {hi:+.3f}]"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"protocol": __doc__, "default": default, "settings": settings, "rows": results}
+        doc = {"protocol": __doc__, "default": default, "settings": settings,
+               "default_minus_row_dev_score": intervals, "rows": results}  # fmt: skip
         args.json.write_text(json.dumps(doc, indent=1))
         print(f"wrote {args.json}")
     if args.write_settings:

@@ -507,6 +507,11 @@ def test_eval_memo_reuses_each_photos_descriptors(m2fred: Path, tmp_path: Path) 
     assert again.report.as_dict() == first.report.as_dict()  # (NaN != NaN in the dataclass)
     with pytest.raises(ValueError, match="one recognizer"):
         evaluate_folders(subset, subset, memo=memo)
+    # per probe, what the report counts (the benchmark's identity bootstrap reads these)
+    t = first.report.threshold
+    assert first.named_correctly(t).mean() == pytest.approx(first.report.dir_at_threshold)
+    assert first.probe_ids == [p.parent.name for p in sorted(subset.glob("*/*-1-0.png"))]
+    assert not first.named_correctly(2.0).any()  # no cosine reaches 2
 
 
 # -- recognize: words and pictures ------------------------------------------------------------

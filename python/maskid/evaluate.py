@@ -26,6 +26,15 @@ class EvalResult:
     report: IdentificationReport
     genuine: np.ndarray  # probe-vs-own-identity scores (-inf where no face was found)
     impostor: np.ndarray  # probe-vs-other-identity scores
+    scores: np.ndarray | None = None  # (P, I) probe-vs-identity scores (-inf rows: no face)
+    truth: np.ndarray | None = None  # (P,) enrolled identity index of each probe, -1 stranger
+    probe_ids: list[str] = field(default_factory=list)  # each probe's identity name
+
+    def named_correctly(self, threshold: float) -> np.ndarray:
+        """Per probe: its top identity is its own and scores >= threshold (what a user sees)."""
+        assert self.scores is not None and self.truth is not None
+        top = self.scores.argmax(axis=1)
+        return (top == self.truth) & (self.scores.max(axis=1) >= threshold) & (self.truth >= 0)
 
 
 @dataclass
@@ -96,7 +105,9 @@ def evaluate_folders(
     mask = np.ones_like(scores, bool)
     mask[np.flatnonzero(known), truth[known]] = False
     mask[no_face] = False
-    return EvalResult(rec.embedder.name, report, genuine, scores[mask])
+    return EvalResult(
+        rec.embedder.name, report, genuine, scores[mask], scores, truth, [n for n, _ in probes]
+    )
 
 
 def _enrollment(rec: Recognizer, path: Path) -> np.ndarray | None:
