@@ -756,3 +756,18 @@ def test_eval_reports_at_the_shipped_threshold_and_json_is_a_switch(
     # The old form (`--json FILE`) is a usage error now, not a silent file.
     old = run(*args, "--json", str(tmp_path / "old.json"), ok=False)
     assert old.exit_code == 2 and not (tmp_path / "old.json").exists()
+
+
+def test_models_lists_each_contract_and_its_measured_settings() -> None:
+    from maskid.models import DEFAULT_MODEL, available_models, model_settings
+
+    lines = run("models").stdout.splitlines()
+    assert [ln[2:].split()[0] for ln in lines] == available_models()
+    (default,) = [ln for ln in lines if ln.startswith("*")]
+    assert default[2:].split()[0] == DEFAULT_MODEL
+    assert f"threshold {float(model_settings(DEFAULT_MODEL)['threshold']):.4f}" in default
+    by_name = {ln[2:].split()[0]: ln for ln in lines}
+    if "omz-face-reid-0095" in by_name:  # the shipped contract, read from the file
+        assert "128px BGR chip -> 256-d" in by_name["omz-face-reid-0095"]
+    if "edgeface-xs" in by_name:
+        assert "112px RGB chip -> 512-d" in by_name["edgeface-xs"]

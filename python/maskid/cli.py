@@ -322,12 +322,29 @@ def list_identities(gallery_dir: Path | None) -> None:
 
 @main.command()
 def models() -> None:
-    """List the available embedders (the default is marked *)."""
+    """List the available embedders: contract, operating settings, licence (default marked *)."""
+    import onnx
+
     from maskid import models as zoo
+    from maskid.contract import ModelContract
 
     for name in zoo.available_models():
         mark = "*" if name == zoo.DEFAULT_MODEL else " "
-        click.echo(f"{mark} {name}")
+        s = zoo.model_settings(name)
+        shipped = zoo.BUNDLED_DIR / f"{name}.onnx"
+        if shipped.is_file():  # its contract, from the file's own metadata
+            meta = {p.key: p.value for p in onnx.load(str(shipped)).metadata_props}
+            c = ModelContract.from_metadata(meta, name)
+            what = (
+                f"{c.input_size}px {c.color_order} chip -> {c.descriptor_dim}-d, "
+                f"{meta.get('licence', 'licence: see MODEL_CARD.md')}"
+            )
+        else:
+            what = "150px dlib chip, built on first use from dlib's .dat (CC0)"
+        click.echo(
+            f"{mark} {name:<20} threshold {float(s['threshold']):.4f}  "
+            f"copies {int(s['enroll_mask_copies'])}  {what}"
+        )
 
 
 # -- recognize --------------------------------------------------------------------------------
@@ -335,7 +352,8 @@ THRESHOLD_HELP = (
     "Cosine similarity at or above which a face is named; below it the face is 'unknown' (its "
     "nearest identity is still shown). Default: the model's shipped threshold ({default}), the "
     "score that only 1 in 1000 comparisons between different people reach on maskid's "
-    "development data (masked photos against enrolled ones). Raise it for fewer false names, "
+    "development data (photos of other occasions, masked and not, against enrolled ones). "
+    "Raise it for fewer false names, "
     "lower it to name more faces."
 )
 

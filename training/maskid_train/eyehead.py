@@ -387,7 +387,8 @@ def export(work: Path, out: Path, backbone: str, weight: float, name: str) -> No
         "eye_row_weights": json.dumps([round(float(v), 4) for v in rw.reshape(-1)]),
         "backbone": backbone,
         "source": f"{meta.get('source', '')} + eye branch trained by training/maskid_train/eyehead.py",
-        "licence": meta.get("licence", ""),
+        # the backbone's licence; the branch learned from research-licensed images
+        "licence": f"{meta.get('licence', '')} backbone + research-use branch (MODEL_CARD.md)",
     })  # fmt: skip
     del m.metadata_props[:]
     helper.set_model_props(m, meta)
