@@ -75,6 +75,15 @@ class ModelContract:
         """(5, 2) template in chip pixels (fractions x S)."""
         return np.asarray(self.chip_template, dtype=np.float64) * self.input_size
 
+    def input_batch(self, chips: np.ndarray) -> np.ndarray:
+        """uint8 N x S x S x 3 RGB chips -> the model's float32 N x 3 x S x S input: its colour
+        order, then (v - mean) * scale (what the C++ core writes in one pass for `prepare`)."""
+        planes = chips[..., ::-1] if self.color_order == "BGR" else chips
+        batch = np.ascontiguousarray(planes.transpose(0, 3, 1, 2), dtype=np.float32)
+        batch -= np.asarray(self.mean, np.float32)[None, :, None, None]
+        batch *= np.float32(self.scale)
+        return batch
+
     def to_metadata(self) -> dict[str, str]:
         return {
             "model_name": self.name,

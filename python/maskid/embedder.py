@@ -183,12 +183,7 @@ class Embedder:
                 f"expected uint8 N x {self._size} x {self._size} x 3, "
                 f"got {chips.dtype} {chips.shape}"
             )
-        c = self.contract
-        planes = chips[..., ::-1] if c.color_order == "BGR" else chips
-        batch = planes.transpose(0, 3, 1, 2).astype(np.float32)
-        batch -= np.asarray(c.mean, np.float32)[None, :, None, None]
-        batch *= np.float32(c.scale)
-        return self.embed_batch(np.ascontiguousarray(batch))
+        return self.embed_batch(self.contract.input_batch(chips))
 
     def embed_image(self, image: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
         """uint8 H x W x 3 RGB image + one chip transform per face (`chip_transform`) -> N x dim."""

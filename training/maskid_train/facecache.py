@@ -352,11 +352,7 @@ def cut_chip(context: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
 def model_input(chips: np.ndarray, contract: Any) -> np.ndarray:
     """uint8 N x S x S x 3 RGB chips -> the model's float32 N x 3 x S x S input: the contract's
     colour order, then (v - mean) * scale, as `Embedder.prepare` writes it."""
-    planes = chips[..., ::-1] if contract.color_order == "BGR" else chips
-    batch = np.ascontiguousarray(planes.transpose(0, 3, 1, 2), dtype=np.float32)
-    batch -= np.asarray(contract.mean, np.float32)[None, :, None, None]
-    batch *= np.float32(contract.scale)
-    return batch
+    return np.asarray(contract.input_batch(chips))
 
 
 def copy_seed(path: str, k: int) -> int:
