@@ -322,7 +322,7 @@ def list_identities(gallery_dir: Path | None) -> None:
 
 @main.command()
 def models() -> None:
-    """List the available embedders: contract, operating settings, licence (default marked *)."""
+    """List the embedders: chip, threshold, copies, licence (* = default)."""
     import onnx
 
     from maskid import models as zoo
