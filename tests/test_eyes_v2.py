@@ -39,22 +39,27 @@ def chips(lfw10: Path) -> tuple[Embedder, np.ndarray]:
 
 def test_onnx_equals_the_torch_modules_on_real_faces(chips: tuple[Embedder, np.ndarray]) -> None:
     torch = pytest.importorskip("torch")
-    from maskid_train.eyehead import FEATURE, build_branch
+    from maskid_train.eyehead import EXPAND_FEATURE, FEATURE, build_branch
     from maskid_train.irnet_torch import IRNet
 
     emb, batch = chips
     m = onnx.load(str(V2))
     inits = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in m.graph.initializer}
-    branch = build_branch(
-        {"gd_w": inits["eye/gd_w"], "gd_b": inits["eye/gd_b"], "conv2_w": inits["eye/conv2_w"]}
-    )
+    weights = {k: inits[f"eye/{k}"] for k in ("gd_w", "gd_b", "conv2_w")}
+    layer = FEATURE
+    if "eye/conv1_w" in inits:  # the branch owns a copy of the expansion conv
+        (lrelu,) = [n for n in m.graph.node if n.name == "eye/prelu"]
+        weights.update(conv1_w=inits["eye/conv1_w"], conv1_b=inits["eye/conv1_b"])
+        weights["alpha"] = np.array([a.f for a in lrelu.attribute if a.name == "alpha"])
+        layer = EXPAND_FEATURE
+    branch = build_branch(weights)
     rw = inits["eye/row_weights"].reshape(-1)
     with torch.no_grad():
         branch.row_logits.copy_(torch.logit(torch.from_numpy(rw).double()).float())
         net = IRNet.from_ir()
         x = torch.from_numpy(batch)
-        full, maps = net(x, return_features=[FEATURE])
-        eye = branch(maps[FEATURE])
+        full, maps = net(x, return_features=[layer])
+        eye = branch(maps[layer])
         w = float(inits["eye/weight"])
         unit = torch.nn.functional.normalize
         want = torch.cat([unit(full, dim=1), w * unit(eye, dim=1)], dim=1).numpy()

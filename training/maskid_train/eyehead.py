@@ -40,6 +40,11 @@ BACKBONE = "omz-face-reid-0095"
 FEATURE = "655"  # N x 512 x 8 x 8, after the last expansion conv and its PReLU
 CHANNELS = 512
 HEAD = {"gd_w": "Multiply_8794/oihw", "gd_b": "Constant_8516", "conv2_w": "408"}
+# With --expand the branch also owns a copy of that expansion (1x1 conv 128 -> 512 + PReLU),
+# reading the last bottleneck's output instead (N x 128 x 8 x 8).
+EXPAND_FEATURE = "652"
+EXPAND = {"conv1_w": "Multiply_8788", "conv1_b": "Constant_8509"}
+EXPAND_SLOPE_NODE = "655"
 ROWS = 8
 FEATURES_FILE = os.environ.get("MASKID_EYEHEAD_FEATURES", "features.npy")
 # Per-row weights start here (sigmoid of these logits): rows 0-4 hold the eyes and brows (the
@@ -66,7 +71,9 @@ def _initializers(onnx_path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def features(chips_prefix: Path, work: Path, backbone: str, batch: int = 64) -> None:
+def features(
+    chips_prefix: Path, work: Path, backbone: str, batch: int = 64, expand: bool = False
+) -> None:
     """Frozen backbone over every cached chip: the last spatial map (float16) and the full
     descriptor (float32), in the cache's row order."""
     import onnx
@@ -78,20 +85,21 @@ def features(chips_prefix: Path, work: Path, backbone: str, batch: int = 64) -> 
     chips, index = load_chips(chips_prefix)
     src = _backbone_path(backbone)
     m = onnx.load(str(src))
-    m.graph.output.append(onnx.helper.make_empty_tensor_value_info(FEATURE))
+    layer, channels = (EXPAND_FEATURE, 128) if expand else (FEATURE, CHANNELS)
+    m.graph.output.append(onnx.helper.make_empty_tensor_value_info(layer))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     work.mkdir(parents=True, exist_ok=True)
     n = len(chips)
     feat = np.lib.format.open_memmap(
-        work / "features.npy", "w+", np.float16, (n, CHANNELS, ROWS, ROWS)
+        work / "features.npy", "w+", np.float16, (n, channels, ROWS, ROWS)
     )
     desc = np.zeros((n, 256), np.float32)
     contract = index["contract"]
     for s in tqdm(range(0, n, batch), desc="features", unit="batch"):
         x = model_input(np.asarray(chips[s : s + batch]), contract)
-        d, f = sess.run(["descriptor", FEATURE], {"input": x})
+        d, f = sess.run(["descriptor", layer], {"input": x})
         feat[s : s + batch] = f.astype(np.float16)
         desc[s : s + batch] = d
     feat.flush()
@@ -105,6 +113,7 @@ def features(chips_prefix: Path, work: Path, backbone: str, batch: int = 64) -> 
 
 
 def build_branch(init: dict[str, np.ndarray]) -> Any:
+    """The branch; with "conv1_w" in `init` it starts from the 128-channel map (see EXPAND)."""
     import torch
     from torch import nn
 
@@ -114,6 +123,11 @@ def build_branch(init: dict[str, np.ndarray]) -> Any:
             self.row_logits = nn.Parameter(torch.tensor(ROW_LOGITS_INIT))
             self.gd = nn.Conv2d(CHANNELS, CHANNELS, ROWS, groups=CHANNELS)
             self.conv2 = nn.Conv2d(CHANNELS, 256, 1, bias=False)
+            self.expand = "conv1_w" in init
+            if self.expand:
+                self.conv1_w = nn.Parameter(torch.from_numpy(init["conv1_w"][:, :, 0, 0].copy()))
+                self.conv1_b = nn.Parameter(torch.from_numpy(init["conv1_b"].reshape(-1).copy()))
+                self.alpha = nn.Parameter(torch.tensor(float(init["alpha"][0])))
             with torch.no_grad():
                 self.gd.weight.copy_(torch.from_numpy(init["gd_w"]))
                 self.gd.bias.copy_(torch.from_numpy(init["gd_b"].reshape(-1)))
@@ -125,6 +139,9 @@ def build_branch(init: dict[str, np.ndarray]) -> Any:
         def forward(self, f: torch.Tensor) -> torch.Tensor:
             # The depthwise 8x8 conv on an 8x8 map is a weighted sum per channel: written as one
             # contraction (with the row weights folded into its kernel) it trains ~10x faster.
+            if self.expand:
+                f = torch.einsum("nchw,oc->nohw", f, self.conv1_w) + self.conv1_b[:, None, None]
+                f = torch.where(f >= 0, f, self.alpha * f)
             k = self.gd.weight[:, 0] * self.row_weights()[None, :, None]
             x = torch.einsum("nchw,chw->nc", f, k) + self.gd.bias
             return x @ self.conv2.weight[:, :, 0, 0].T
@@ -132,9 +149,17 @@ def build_branch(init: dict[str, np.ndarray]) -> Any:
     return EyeBranch()
 
 
-def head_init(backbone_onnx: Path) -> dict[str, np.ndarray]:
+def head_init(backbone_onnx: Path, expand: bool = False) -> dict[str, np.ndarray]:
     inits = _initializers(backbone_onnx)
-    return {k: inits[v] for k, v in HEAD.items()}
+    out = {k: inits[v] for k, v in HEAD.items()}
+    if expand:
+        import onnx
+
+        out.update({k: inits[v] for k, v in EXPAND.items()})
+        nodes = onnx.load(str(backbone_onnx)).graph.node
+        (lrelu,) = [n for n in nodes if n.name == EXPAND_SLOPE_NODE]
+        out["alpha"] = np.array([a.f for a in lrelu.attribute if a.name == "alpha"], np.float32)
+    return out
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -185,6 +210,7 @@ def train(
     margin: float,
     seed: int,
     real_repeat: int = 10,
+    expand: bool = False,
 ) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
@@ -225,7 +251,7 @@ def train(
             teacher[i], has_teacher[i] = fn[orig[photo_key[r]]], True
         elif label[r] in id_mean:
             teacher[i], has_teacher[i] = id_mean[label[r]], True
-    branch = build_branch(head_init(_backbone_path(backbone)))
+    branch = build_branch(head_init(_backbone_path(backbone), expand))
     centres = torch.nn.Parameter(torch.from_numpy(np.stack([
         id_mean.get(c, _l2(fn[tr[label[tr] == c]].mean(0))) for c in classes
     ]).astype(np.float32)))  # fmt: skip
@@ -309,7 +335,7 @@ def train(
     )
     torch.save(best_state, work / "branch.pt")
     summary = {"backbone": backbone, "epochs": epochs, "lr": lr, "distill": distill,
-               "margin": margin, "seed": seed, "real_repeat": real_repeat, "classes": len(classes), "train_rows": len(tr),
+               "margin": margin, "seed": seed, "real_repeat": real_repeat, "expand": expand, "classes": len(classes), "train_rows": len(tr),
                "best_epoch": best_epoch["epoch"], "log": log}  # fmt: skip
     (work / "train.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -361,7 +387,12 @@ def export(work: Path, out: Path, backbone: str, weight: float, name: str) -> No
         return "eye/" + nm
 
     rw = torch.sigmoid(state["row_logits"]).numpy().reshape(1, 1, ROWS, 1)
-    x = node("Mul", [FEATURE, init("row_weights", rw)], "rows")
+    x = FEATURE
+    if "conv1_w" in state:  # the branch's own copy of the expansion
+        x = node("Conv", [EXPAND_FEATURE, init("conv1_w", state["conv1_w"].numpy()[:, :, None, None]),
+                          init("conv1_b", state["conv1_b"].numpy())], "conv1")  # fmt: skip
+        x = node("LeakyRelu", [x], "prelu", alpha=float(state["alpha"]))
+    x = node("Mul", [x, init("row_weights", rw)], "rows")
     x = node("Conv", [x, init("gd_w", state["gd.weight"].numpy()),
                       init("gd_b", state["gd.bias"].numpy())], "gd", group=CHANNELS)  # fmt: skip
     x = node("Conv", [x, init("conv2_w", state["conv2.weight"].numpy())], "conv2")
@@ -411,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--margin", type=float, default=0.2, help="CosFace margin")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--real-repeat", type=int, default=10, help="rmfd real masks per epoch")
+    ap.add_argument(
+        "--expand", action="store_true", help="train a copy of the expansion conv too (652 maps)"
+    )
     ap.add_argument("--weight", type=float, default=1.0, help="eye weight in the descriptor")
     ap.add_argument("--name", default="maskid-eyes-v2")
     ap.add_argument(
@@ -418,10 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     a = ap.parse_args(argv)
     if a.step == "features":
-        features(a.chips, a.work, a.backbone)
+        features(a.chips, a.work, a.backbone, expand=a.expand)
     elif a.step == "train":
         train(a.chips, a.work, a.backbone, a.epochs, a.lr, a.distill, a.margin, a.seed,
-              a.real_repeat)  # fmt: skip
+              a.real_repeat, a.expand)  # fmt: skip
     elif a.step == "sweep":
         weight_sweep(a.chips, a.work)
     else:
