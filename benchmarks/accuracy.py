@@ -331,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     default, settings = choose(results)
     print(f"\nbest on dev (the default by the rule): {default} with {settings[default]}")
-    best = f"{default}:{settings[default]['enroll_mask_copies']}"
+    (best,) = [  # the row (keyed as given on the command line) that the rule chose
+        k
+        for k, r in results.items()
+        if r["model"] == default and r["mask_copies"] == settings[default]["enroll_mask_copies"]
+    ]
     intervals = {}
     for key, r in results.items():
         if key != best and r["model"] != results[best]["model"]:

@@ -6,12 +6,12 @@
 #
 # 1. the product's face detection over shared/data/train and M2FRED (resumable), 2. OMZ chips of
 # every face + 2 synthetic masked copies of each unmasked training photo, 3. the frozen backbone's
-# last spatial map for every chip, 4. the branch's training (CosFace + masked<->unmasked term,
-# 8 epochs, lr 1e-3, seed 0; the epoch with the best dev proxy is kept), 5. export to ONNX (the
-# backbone's graph + the branch). Dev/test identities are fixed in python/maskid/splits.py and
+# last 128 x 8 x 8 map for every chip, 4. the branch's training (its own copy of the expansion
+# conv, row weights and pooling head; CosFace + masked<->unmasked term, 8 epochs, lr 1e-3, seed 0;
+# the epoch with the best dev proxy is kept), 5. export to ONNX (the backbone's graph + the branch). Dev/test identities are fixed in python/maskid/splits.py and
 # never trained on. To ship: cp OUT_ONNX python/maskid/data/models/, then
 # `python benchmarks/accuracy.py --write-settings` measures its threshold. Wall time on 2 CPU
-# cores: about 25 minutes (training/README.md).
+# cores: about 40 minutes (training/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${MASKID_SHARED:-../shared/data}
@@ -27,8 +27,8 @@ start=$(date +%s)
 OMP_NUM_THREADS=1 python -m maskid_train.facecache detect --out "$cache/faces.npz"
 OMP_NUM_THREADS=1 python -m maskid_train.facecache chips --faces "$cache/faces.npz" \
     --model omz-face-reid-0095 --out "$cache/chips-omz.npy" --masked-copies 2
-OMP_NUM_THREADS=2 python -m maskid_train.eyehead features --chips "$cache/chips-omz" --work "$cache/eyes-v2"
+OMP_NUM_THREADS=2 python -m maskid_train.eyehead features --chips "$cache/chips-omz" --work "$cache/eyes-v2" --expand
 OMP_NUM_THREADS=2 python -m maskid_train.eyehead train --chips "$cache/chips-omz" --work "$cache/eyes-v2" \
-    --epochs 8 --lr 1e-3 --distill 1.0 --margin 0.2 --real-repeat 10 --seed 0
+    --expand --epochs 8 --lr 1e-3 --distill 1.0 --margin 0.2 --real-repeat 10 --seed 0
 python -m maskid_train.eyehead export --work "$cache/eyes-v2" --weight 1.0 --out "$out"
 echo "dev proxy per epoch: $cache/eyes-v2/train.json; wall time $(( $(date +%s) - start )) s; model: $out"

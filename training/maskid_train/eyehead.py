@@ -1,10 +1,12 @@
 """maskid-eyes-v2: an eye-region-weighted branch on a pretrained backbone (issue 12).
 
 The backbone (OMZ face-reid-0095 by default) stays frozen, so its full-face descriptor keeps
-what it learned from far more people than we have. Beside it, a second head reads the same last
-spatial feature map (the 512 x 8 x 8 map before OMZ's global pooling, one cell per 16 chip px)
-through a learned per-row weighting (initialised to favour the rows above the nose) and a copy of
-the backbone's own pooling head (global depthwise 8x8 conv, 1x1 conv to 256), trained by metric
+what it learned from far more people than we have. Beside it, a second head reads the backbone's
+last spatial maps (one cell per 16 chip px): with `--expand` (the shipped v2) its own copy of the
+last expansion (1x1 conv 128 -> 512 + PReLU, from the last bottleneck's 128 x 8 x 8 output),
+otherwise the backbone's own 512 x 8 x 8 map; then a learned per-row weighting (initialised to
+favour the rows above the nose) and a copy of the backbone's pooling head (global depthwise 8x8
+conv, 1x1 conv to 256). Everything starts from the backbone's weights and is trained by metric
 learning:
 - CosFace over the training identities (glint23, celeba, lfw, rmfd minus their dev ids), on the
   photos, their synthetically masked copies and rmfd's real masked photos;
@@ -13,13 +15,13 @@ learning:
   mean of the person's unmasked photos for a real rmfd mask).
 The shipped descriptor is [full / |full|, w * eye / |eye|] (cosine), w chosen on dev.
 
-Steps (each reads the previous one's output under --work):
-  python -m maskid_train.eyehead features --chips /work/cache/chips-omz --work /work/cache/eyes-v2
-  python -m maskid_train.eyehead train --chips /work/cache/chips-omz --work /work/cache/eyes-v2
-  python -m maskid_train.eyehead export --work /work/cache/eyes-v2 --out python/maskid/data/models/maskid-eyes-v2.onnx
+Steps (each reads the previous one's output under --work; training/reproduce_eyes_v2.sh runs all):
+  python -m maskid_train.eyehead features --chips /work/cache/chips-omz --work W --expand
+  python -m maskid_train.eyehead train --chips /work/cache/chips-omz --work W --expand
+  python -m maskid_train.eyehead export --work W --out python/maskid/data/models/maskid-eyes-v2.onnx
 
-Features are computed once (the backbone is frozen), so an epoch costs seconds on 2 cores, and
-at run time the branch adds two small convolutions to the backbone (it reads the same tensor).
+Features are computed once (the backbone is frozen), so an epoch costs ~20 s (~100 s with
+--expand) on 2 cores; at run time the branch adds three small convolutions to the backbone.
 """
 
 from __future__ import annotations
