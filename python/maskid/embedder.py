@@ -157,7 +157,7 @@ class Embedder:
         return model_chip_transform(landmarks5, self.contract)
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
-        """float32 N x 3 x H x W RGB 0..255 -> float32 N x dim."""
+        """The model's input, float32 N x 3 x S x S as `prepare` writes it -> float32 N x dim."""
         if (
             batch.dtype != np.float32
             or batch.ndim != 4
