@@ -1,6 +1,6 @@
 """The table that decides which embedder ships (issue 12), on a protocol fixed before any choice.
 
-Splits (`maskid.splits`): M2FRED identities sorted, even positions dev, odd test; a quarter of
+Splits (`maskid.evaluation.splits`): M2FRED identities sorted, even positions dev, odd test; a quarter of
 `train/rmfd`'s identities and a twentieth of `train/lfw`'s held out of training as dev. Every
 choice (model, copies, threshold) is made on dev; M2FRED's test half is only reported.
 
@@ -45,15 +45,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from maskid.detect import Detector
-from maskid.embedder import Embedder
-from maskid.evaluate import DescriptorMemo, EvalResult, evaluate_folders
+from maskid.apps.evaluate import DescriptorMemo, EvalResult, evaluate_folders
+from maskid.detection.mtcnn import MtcnnDetector
+from maskid.evaluation.metrics import rates, threshold_at_far
+from maskid.evaluation.splits import identity_dirs, lfw_dev, m2fred_halves, rmfd_dev
 from maskid.face import Face
-from maskid.metrics import rates, threshold_at_far
-from maskid.models import SETTINGS_FILE
+from maskid.networks.embedder import Embedder
+from maskid.networks.registry import SETTINGS_FILE
 from maskid.paths import shared_data_dir
-from maskid.recognizer import Recognizer
-from maskid.splits import identity_dirs, lfw_dev, m2fred_halves, rmfd_dev
+from maskid.pipeline.recognizer import Recognizer
 
 FAR = 1e-3
 DEFAULT_ROWS = [
@@ -77,7 +77,7 @@ class MemoDetector:
     """A detector that answers each distinct image once: every row sees the same faces."""
 
     def __init__(self, threads: int) -> None:
-        self._det = Detector(threads=threads)
+        self._det = MtcnnDetector(threads=threads)
         self._memo: dict[tuple[str, bytes], list[Face]] = {}
 
     def _key(self, kind: str, image: np.ndarray, extra: bytes = b"") -> tuple[str, bytes]:

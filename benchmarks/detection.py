@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from maskid.detect import Detector
-from maskid.imageio import load_image
+from maskid.detection.mtcnn import MtcnnDetector
+from maskid.io.images import load_image
 from maskid.paths import shared_data_dir
-from maskid.recognizer import Recognizer
+from maskid.pipeline.recognizer import Recognizer
 
 
 def pad(img: np.ndarray, frac: float) -> np.ndarray:
@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         import dlib
 
         hog = dlib.get_frontal_face_detector()
-    det = Detector()
+    det = MtcnnDetector()
     # What `recognize` does with the same file: tight crops get a border, then the ONet-only
-    # fallback on the whole crop (maskid.recognizer.Recognizer.detect).
+    # fallback on the whole crop (maskid.pipeline.recognizer.Recognizer.detect).
     pipeline = Recognizer(None).detect
     m2 = shared / "eval" / "m2fred"
     lfw = sorted((shared / "demo" / "lfw10").glob("*/*.jpg"))

@@ -1,6 +1,6 @@
 """Per-face embedding time of every registry model, in one run, against dlib-resnet-v1.
 
-Every model of `maskid.models.available_models()` runs through `maskid.embedder.Embedder`, i.e.
+Every model of `maskid.networks.registry.available_models()` runs through `maskid.networks.embedder.Embedder`, i.e.
 on maskid's runtime, ONNX Runtime's CPU provider, in three settings:
 
   b1-t1   batch 1, 1 intra-op thread (the headline: one face at a time on one core)
@@ -22,7 +22,7 @@ EdgeFace's run with activations quantized on the fly). These rows are a referenc
 maskid runs its embedders on ONNX Runtime.
 
 Input: real faces, every lfw10 photo of ../shared/data/demo/lfw10 detected once (maskid's
-Detector) and warped for each model with its own `Embedder.chip_transform` + `Embedder.prepare`;
+MtcnnDetector) and warped for each model with its own `Embedder.chip_transform` + `Embedder.prepare`;
 random chips (normalised as each contract says) where ../shared is absent.
 
     python benchmarks/embed.py [--quick] [--json PATH] [--rounds N] [--no-openvino]
@@ -51,9 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from maskid.embedder import Embedder
-from maskid.engine import TENSORRT_SUFFIXES
-from maskid.models import BUNDLED_DIR, DLIB_MODEL, available_models, sha256_file
+from maskid.networks.embedder import Embedder
+from maskid.networks.registry import BUNDLED_DIR, DLIB_MODEL, available_models, sha256_file
+from maskid.networks.tensorrt import TENSORRT_SUFFIXES
 from maskid.paths import shared_data_dir
 
 # name, batch, intra-op threads
@@ -95,12 +95,12 @@ def detect_faces(n: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
     photos = sorted((data / "demo" / "lfw10").glob("*/*.jpg")) if data is not None else []
     if not photos:
         return None
-    from maskid.detect import Detector
-    from maskid.imageio import load_image
+    from maskid.detection.mtcnn import MtcnnDetector
+    from maskid.io.images import load_image
 
     # Spread over the ten people rather than the first few.
     photos = sorted(photos, key=lambda p: (sorted(p.parent.glob("*.jpg")).index(p), p.parent.name))
-    det = Detector(threads=1)
+    det = MtcnnDetector(threads=1)
     faces = []
     for path in photos:
         image = load_image(path)
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         report: dict[str, Any] = {
             "benchmark": "embed",
             "note": (
-                "ms per face through maskid.embedder.Embedder on ONNX Runtime's CPU provider "
+                "ms per face through maskid.networks.embedder.Embedder on ONNX Runtime's CPU provider "
                 "(maskid's runtime); openvino-* rows run the same ONNX files on OpenVINO's CPU "
                 "plugin as a reference only. Ratios are to dlib-resnet-v1 in the same runtime "
                 "and setting, measured in the same interleaved run."

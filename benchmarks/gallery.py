@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from maskid.gallery import MANIFEST, Gallery, HnswParams
+from maskid.gallery.store import MANIFEST, Gallery, HnswParams
 
 EMBEDDER = "bench-clustered@00000000"
 
@@ -97,7 +97,7 @@ def load_in_subprocess(path: Path) -> dict[str, float]:
         "import time, sys, json\n"
         "sys.path.insert(0, sys.argv[2])\n"
         "from gallery import rss_mb\n"
-        "from maskid.gallery import Gallery\n"
+        "from maskid.gallery.store import Gallery\n"
         "import numpy as np\n"
         "r0 = rss_mb(); t = time.perf_counter()\n"
         "g = Gallery.open(sys.argv[1])\n"
@@ -261,7 +261,7 @@ def bench_recognize(
             [
                 sys.executable,
                 "-m",
-                "maskid.cli",
+                "maskid.apps.cli",
                 "enroll",
                 name,
                 str(path),
@@ -275,7 +275,7 @@ def bench_recognize(
     import dlib  # the baseline's known encodings, made the way face_recognition does
     import face_recognition_models as frm
 
-    from maskid.imageio import load_image
+    from maskid.io.images import load_image
 
     det = dlib.get_frontal_face_detector()
     sp = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
@@ -307,7 +307,7 @@ def bench_recognize(
         str(tmp / "out.jpg"),
     ]
     if not shutil.which("recognize"):
-        ours_cmd[1:1] = ["-m", "maskid.cli", "recognize"]
+        ours_cmd[1:1] = ["-m", "maskid.apps.cli", "recognize"]
     dlib_cmd = [sys.executable, str(script), str(photo), str(known)]
     timed(ours_cmd)  # the first run converts/caches nothing it would not on a user's machine,
     timed(dlib_cmd)  # but warms the page cache for both equally

@@ -35,12 +35,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from maskid.camera import STAGES, CameraOptions, FacePipeline
+from maskid.apps.camera import STAGES, CameraOptions, FacePipeline
 from maskid.errors import NoFaceError
-from maskid.imageio import load_image
+from maskid.io.images import load_image
+from maskid.io.video import open_source
 from maskid.paths import PACKAGE_DATA, shared_data_dir
-from maskid.recognizer import Recognizer
-from maskid.sources import open_source
+from maskid.pipeline.recognizer import Recognizer
 
 SIZES = ((640, 480), (1280, 720))
 FACE_COUNTS = (1, 5, 20)

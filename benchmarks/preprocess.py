@@ -1,7 +1,7 @@
 """Face-chip preprocessing: the maskid C++ core against the straightforward OpenCV + NumPy path.
 
 For 1, 8, 32 and 128 faces cut from a real LFW photo (a realistic chip transform with small random
-perturbations), times `maskid.preprocess.warp_batch` (fused warp + BGR->RGB + normalise + NCHW,
+perturbations), times `maskid.alignment.warp.warp_batch` (fused warp + BGR->RGB + normalise + NCHW,
 all cores) and the per-face OpenCV path (cv2.warpAffine INTER_LINEAR, colour swap, float
 conversion, normalise, transpose) in the same run, and reports the max abs difference of each
 against the exact NumPy reference (dlib's sampling). OpenCV differs by design: it interpolates
@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from maskid.alignment.warp import CHIP_SIZE, backends, reference_warp, warp_batch
 from maskid.paths import shared_data_dir
-from maskid.preprocess import CHIP_SIZE, backends, reference_warp, warp_batch
 
 MEAN = (122.782, 117.001, 104.298)
 SCALE = 1 / 58.0

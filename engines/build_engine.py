@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from maskid.contract import ModelContract
 from maskid.errors import ModelError
-from maskid.models import sha256_file
+from maskid.networks.contract import ModelContract
+from maskid.networks.registry import sha256_file
 from maskid.paths import cache_dir
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -115,14 +115,14 @@ def onnx_contract(model: Path) -> dict[str, Any]:
 
 def sidecar(key: dict, input_name: str, chw: tuple[int, ...], contract: dict) -> dict[str, Any]:
     """The engine's JSON sidecar: its cache key (`engine_key`), its input, and the ONNX model's
-    output width and metadata (`onnx_contract`), from which `maskid.embedder.Embedder` reads the
+    output width and metadata (`onnx_contract`), from which `maskid.networks.embedder.Embedder` reads the
     model's name, settings and input contract when it opens the engine."""
     return {**key, "input": input_name, "input_shape": list(chw), **contract}
 
 
 def _to_model_input(rgb: np.ndarray, metadata: Mapping[str, str]) -> np.ndarray:
     """uint8/float N x 3 x S x S RGB 0..255 -> the model's input: its colour order, (x - mean)
-    * scale, as `maskid.embedder.Embedder.prepare` feeds it (identity for the dlib graphs, which
+    * scale, as `maskid.networks.embedder.Embedder.prepare` feeds it (identity for the dlib graphs, which
     normalise inside)."""
     c = ModelContract.from_metadata(metadata)
     planes = rgb[:, ::-1] if c.color_order == "BGR" else rgb
@@ -268,7 +268,9 @@ def _calibrator(trt: Any, data: np.ndarray, cache: Path) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", help="the .onnx model (e.g. from maskid.models.model_path())")
+    ap.add_argument(
+        "model", help="the .onnx model (e.g. from maskid.networks.registry.model_path())"
+    )
     ap.add_argument("--precision", choices=PRECISIONS, default="fp16")
     ap.add_argument("--max-batch", type=int, default=32, help="largest batch the engine accepts")
     ap.add_argument(

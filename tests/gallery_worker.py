@@ -6,7 +6,7 @@
 
 `enroll` prints READY once the gallery is open, then "OK <name>" (flushed) after each commit.
 The environment variable MASKID_GALLERY_CRASH_AT makes the gallery SIGKILL its own process at
-that point of a commit (see maskid.gallery.CRASH_POINTS).
+that point of a commit (see maskid.gallery.store.CRASH_POINTS).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 from maskid.errors import MaskidError
-from maskid.gallery import Gallery
+from maskid.gallery.store import Gallery
 
 EMBEDDER = "test-embedder@00000000"
 DIM = 128

@@ -1,4 +1,4 @@
-"""maskid.align: our detector + chip_transform + chip + embedder vs dlib's own pipeline."""
+"""maskid.alignment.similarity: our detector + chip_transform + chip + embedder vs dlib's own pipeline."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskid.align import TEMPLATE, chip_transform, weighted_similarity
+from maskid.alignment.similarity import TEMPLATE, chip_transform, weighted_similarity
 
 dlib = pytest.importorskip("dlib")
 frm = pytest.importorskip("face_recognition_models")
@@ -44,14 +44,14 @@ def sample(lfw10: Path, m2fred: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_descriptor_parity_with_dlib(sample: list[Path]) -> None:
-    from maskid.chip import extract_chip
-    from maskid.detect import Detector
-    from maskid.embedder import Embedder
-    from maskid.imageio import load_image
+    from maskid.alignment.dlib_chip import extract_chip
+    from maskid.detection.mtcnn import MtcnnDetector
+    from maskid.io.images import load_image
+    from maskid.networks.embedder import Embedder
 
     det, sp = fit_alignment.dlib_models()
     rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
-    ours, emb = Detector(), Embedder("dlib-resnet-v1")
+    ours, emb = MtcnnDetector(), Embedder("dlib-resnet-v1")
     cos = []
     for p in sample:
         img = fit_alignment.pad50(load_image(p))

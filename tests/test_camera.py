@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from maskid.camera import STAGES, CameraOptions, FacePipeline, run_camera
-from maskid.cli import main
+from maskid.apps.camera import STAGES, CameraOptions, FacePipeline, run_camera
+from maskid.apps.cli import main
+from maskid.apps.tracker import IouTracker, Track
 from maskid.errors import UsageError
 from maskid.face import Face, iou
-from maskid.imageio import load_image
-from maskid.recognizer import Recognizer
-from maskid.sources import Status, camera_options, csi_pipeline, has_gstreamer, open_source
-from maskid.tracker import IouTracker, Track
+from maskid.io.images import load_image
+from maskid.io.video import Status, camera_options, csi_pipeline, has_gstreamer, open_source
+from maskid.pipeline.recognizer import Recognizer
 
 PEOPLE = ("Colin_Powell", "Hugo_Chavez")
 PER_PERSON = 12
@@ -329,7 +329,7 @@ STRANGER = "Ariel_Sharon"
 def write_queue(path: Path, lfw10: Path) -> list[tuple[str | None, np.ndarray]]:
     """A 640x480 MJPG clip: each person's photo in turn at the same spot, SEGMENT frames each.
     Returns (enrolled name or None, photo) per person, in order."""
-    from maskid.demo import QUERY_PHOTO
+    from maskid.apps.demo import QUERY_PHOTO
 
     crop = cv2.resize(load_image(QUERY_PHOTO), (120, 120), interpolation=cv2.INTER_AREA)
     masked = cv2.copyMakeBorder(crop, 65, 65, 65, 65, cv2.BORDER_REPLICATE)  # 250 x 250
@@ -388,7 +388,7 @@ def test_split_margin_separates_people_on_lfw10_photos_not_used_to_measure_it(
 ) -> None:
     """The default model's measured margin (on the bundled photos) applied to the lfw10 photos
     that are not bundled (76): different people fall below it, the same person mostly not."""
-    from maskid.camera import split_margin
+    from maskid.apps.camera import split_margin
     from maskid.paths import PACKAGE_DATA
 
     rec = Recognizer(Path("unused"))
@@ -491,7 +491,7 @@ def test_sigterm_stops_cleanly_and_flushes_the_recording(
 ) -> None:
     long_clip = write_clip(tmp_path / "long.avi", lfw10, 400, people=("Hugo_Chavez",))
     out = tmp_path / "rec.mp4"
-    cmd = [sys.executable, "-m", "maskid.cli", "camera", "--source", str(long_clip)]
+    cmd = [sys.executable, "-m", "maskid.apps.cli", "camera", "--source", str(long_clip)]
     cmd += ["--gallery", str(gallery), "--json", "--output", str(out), "--no-display"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dlib_reference import MODELS, dlib, rgb
-from maskid.chip import chip_source, dlib_chip_transform, extract_chip, pyramid_down2
+from maskid.alignment.dlib_chip import chip_source, dlib_chip_transform, extract_chip, pyramid_down2
 
 
 @pytest.fixture(scope="module")

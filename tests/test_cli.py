@@ -16,7 +16,9 @@ import pytest
 from click.testing import CliRunner, Result
 from PIL import Image
 
-from maskid.cli import main, recognize_main
+from maskid.apps.cli import main, recognize_main
+from maskid.detection.mtcnn import MtcnnDetector
+from maskid.face import Face
 from maskid.paths import PACKAGE_DATA
 
 DEMO = PACKAGE_DATA / "demo"
@@ -156,7 +158,7 @@ def test_enroll_masked_recognition_and_remove_across_processes(
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "maskid.cli", *args],
+            [sys.executable, "-m", "maskid.apps.cli", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -166,13 +168,13 @@ def test_enroll_masked_recognition_and_remove_across_processes(
     enrolled = cli("enroll", "Tony Blair", str(lfw10 / "Tony_Blair" / "Tony_Blair_0002.jpg"))
     assert enrolled.returncode == 0, enrolled.stderr
     # A different photo of him, masked by maskid's own synthesis.
-    from maskid.detect import Detector
-    from maskid.imageio import load_image
-    from maskid.masks import apply_mask
+    from maskid.detection.mtcnn import MtcnnDetector
+    from maskid.io.images import load_image
+    from maskid.pipeline.masks import apply_mask
 
     # Masked accuracy is measured in benchmarks/accuracy.py; this is one photo that works.
     photo = load_image(lfw10 / "Tony_Blair" / "Tony_Blair_0003.jpg")
-    face = Detector().detect(photo)[0]
+    face = MtcnnDetector().detect(photo)[0]
     masked = apply_mask(photo, face.landmarks, rng=np.random.default_rng(3), style="surgical_blue")
     query = tmp_path / "masked.png"
     Image.fromarray(masked).save(query)
@@ -197,11 +199,12 @@ def test_embed_json_and_aligned_chip(lfw10: Path, tmp_path: Path) -> None:
     norm = float(np.linalg.norm(face["descriptor"]))
     assert 0.5 < norm < 3.0  # dlib's raw (unnormalised) descriptor
 
-    from maskid.recognizer import Recognizer
+    from maskid.pipeline.recognizer import Recognizer
 
     rec = Recognizer(tmp_path / "unused", model="dlib-resnet-v1")
-    faces, source = rec.analyze_in_context(rec.load(image))
-    from maskid.chip import extract_chip
+    found = rec.analyze_in_context(rec.load(image))
+    faces, source = found.faces, found.source
+    from maskid.alignment.dlib_chip import extract_chip
 
     assert faces[0].chip_transform is not None
     chip = extract_chip(source, faces[0].chip_transform)
@@ -363,12 +366,12 @@ def test_corrupt_gallery_and_model(gallery: Path, tmp_path: Path, lfw10: Path) -
 
 
 def test_gallery_from_another_embedder_says_how_to_rebuild(gallery: Path, lfw10: Path) -> None:
-    from maskid.models import available_models
+    from maskid.networks.registry import available_models
 
     others = [m for m in available_models() if m != "dlib-resnet-v1"]
     image = str(lfw10 / "Tony_Blair" / "Tony_Blair_0002.jpg")
     # The fixture gallery was built with the default model; open it with a different one.
-    from maskid.models import DEFAULT_MODEL
+    from maskid.networks.registry import DEFAULT_MODEL
 
     other = "dlib-resnet-v1" if DEFAULT_MODEL != "dlib-resnet-v1" else (others or [None])[0]
     if other is None:
@@ -391,8 +394,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Result, 
 
 
 def test_demo_json_contract_and_the_story_agree(demo_run: tuple[Result, Result, Path]) -> None:
-    from maskid.demo import NEWCOMER, QUERY_PHOTO
-    from maskid.recognizer import Recognizer
+    from maskid.apps.demo import NEWCOMER, QUERY_PHOTO
+    from maskid.pipeline.recognizer import Recognizer
 
     text, as_json, out = demo_run
     doc = json.loads(as_json.stdout)  # stdout is the document alone; the story is on stderr
@@ -422,7 +425,7 @@ def test_demo_names_the_masked_newcomer(demo_run: tuple[Result, Result, Path]) -
     above the shipped threshold, by the shipped default model. (The photos were fixed by a rule
     before any score was seen: python/maskid/data/demo/README.md. A failure here is a finding
     about the model, not a reason to pick other photos.)"""
-    from maskid.demo import NEWCOMER
+    from maskid.apps.demo import NEWCOMER
 
     _, as_json, _ = demo_run
     face = json.loads(as_json.stdout)["faces"][0]
@@ -430,7 +433,7 @@ def test_demo_names_the_masked_newcomer(demo_run: tuple[Result, Result, Path]) -
 
 
 def test_demo_picture_has_both_panels_captioned(demo_run: tuple[Result, Result, Path]) -> None:
-    from maskid.demo import CAPTIONS, ENROLL_PHOTO, PANEL_HEIGHT, QUERY_PHOTO
+    from maskid.apps.demo import CAPTIONS, ENROLL_PHOTO, PANEL_HEIGHT, QUERY_PHOTO
 
     _, _, out = demo_run
     picture = pixels(out / "demo_result.jpg")
@@ -475,7 +478,7 @@ def test_eval_open_set_reports_strangers_given_a_name(m2fred: Path, tmp_path: Pa
     assert none["n_unknown"] == every["n_unknown"] == strangers > 0
     assert none["dir_at_threshold"] == none["false_alarm_at_threshold"] == 0.0
     # a stranger's probe where no face is found raises no alarm; the others all do
-    from maskid.recognizer import Recognizer
+    from maskid.pipeline.recognizer import Recognizer
 
     rec = Recognizer(tmp_path / "unused")
     seen = [f for p in people[4:] for f in sorted(p.glob("*-1-0.png")) if rec.analyze(f)]
@@ -486,23 +489,30 @@ def test_eval_open_set_reports_strangers_given_a_name(m2fred: Path, tmp_path: Pa
 def test_eval_memo_reuses_each_photos_descriptors(m2fred: Path, tmp_path: Path) -> None:
     """A benchmark scoring the same photos under several protocols passes one memo: the second
     run detects and embeds nothing and gives the same report."""
-    from maskid.evaluate import DescriptorMemo, evaluate_folders
-    from maskid.recognizer import Recognizer
+    from maskid.apps.evaluate import DescriptorMemo, evaluate_folders
+    from maskid.pipeline.recognizer import Recognizer
 
     subset = tmp_path / "m2fred"
     for person in sorted(p for p in m2fred.iterdir() if p.is_dir())[:3]:
         shutil.copytree(person, subset / person.name)
-    rec, memo = Recognizer(tmp_path / "unused", mask_copies=1), DescriptorMemo()
+
+    class GuardedDetector(MtcnnDetector):
+        """The real detector, until the memo should spare every further detection."""
+
+        allowed = True
+
+        def detect(self, image_rgb: np.ndarray) -> list[Face]:
+            assert self.allowed, "the memo should have spared this detection"
+            return super().detect(image_rgb)
+
+    guard = GuardedDetector()
+    rec, memo = Recognizer(tmp_path / "unused", mask_copies=1, detector=guard), DescriptorMemo()
     kw = {"enroll_pattern": "*-0-0.png", "probe_pattern": "*-1-0.png", "recognizer": rec}
     first = evaluate_folders(subset, subset, memo=memo, **kw)  # type: ignore[arg-type]
     assert len(memo.enrolled) == len(list(subset.glob("*/*-0-0.png")))
     assert len(memo.probes) == len(list(subset.glob("*/*-1-0.png")))
 
-    class NoDetector:
-        def detect(self, image: object) -> None:
-            raise AssertionError("the memo should have spared this detection")
-
-    rec._detector = NoDetector()  # type: ignore[assignment]
+    guard.allowed = False
     again = evaluate_folders(subset, subset, memo=memo, **kw)  # type: ignore[arg-type]
     assert again.report.as_dict() == first.report.as_dict()  # (NaN != NaN in the dataclass)
     with pytest.raises(ValueError, match="one recognizer"):
@@ -534,7 +544,7 @@ def test_recognize_names_the_nearest_identity_of_an_unknown_face(
     # An enrolled photo at the shipped threshold: named, with score >= threshold.
     enrolled = sorted((lfw10 / "Colin_Powell").glob("*.jpg"))[0]
     text = run("recognize", "--image", str(enrolled), "--gallery", str(gallery)).stdout
-    from maskid.recognizer import Recognizer
+    from maskid.pipeline.recognizer import Recognizer
 
     t = Recognizer(gallery).threshold
     assert re.search(rf"Colin_Powell 1\.000 >= {t:.3f}", text) or re.search(
@@ -547,9 +557,9 @@ def test_labels_stay_inside_a_tight_128px_crop(gallery: Path, m2fred: Path) -> N
     font shrunk to fit, long names cut, and every label pixel lies inside the picture."""
     from dataclasses import replace
 
-    from maskid.draw import KNOWN, UNKNOWN, annotate, draw_label, face_label, label_layout
+    from maskid.apps.draw import KNOWN, UNKNOWN, annotate, draw_label, face_label, label_layout
     from maskid.face import Match
-    from maskid.recognizer import Recognizer
+    from maskid.pipeline.recognizer import Recognizer
 
     crop_path = sorted(m2fred.glob("*/1-1-0.png"))[1]  # a real mask
     crop = pixels(crop_path)
@@ -727,7 +737,7 @@ def test_every_option_has_help_text() -> None:
 def test_eval_reports_at_the_shipped_threshold_and_json_is_a_switch(
     m2fred: Path, tmp_path: Path
 ) -> None:
-    from maskid.recognizer import Recognizer
+    from maskid.pipeline.recognizer import Recognizer
 
     subset = tmp_path / "m2fred"
     for person in sorted(m2fred.iterdir())[:4]:
@@ -759,7 +769,7 @@ def test_eval_reports_at_the_shipped_threshold_and_json_is_a_switch(
 
 
 def test_models_lists_each_contract_and_its_measured_settings() -> None:
-    from maskid.models import DEFAULT_MODEL, available_models, model_settings
+    from maskid.networks.registry import DEFAULT_MODEL, available_models, model_settings
 
     lines = run("models").stdout.splitlines()
     assert [ln[2:].split()[0] for ln in lines] == available_models()

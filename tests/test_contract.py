@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 
-from maskid.contract import ModelContract
-from maskid.detect import Detector
-from maskid.embedder import Embedder
+from maskid.alignment.warp import reference_warp
+from maskid.detection.mtcnn import MtcnnDetector
 from maskid.errors import ModelError
-from maskid.imageio import load_image
-from maskid.models import available_models
-from maskid.preprocess import reference_warp
-from maskid.recognizer import Recognizer
+from maskid.io.images import load_image
+from maskid.networks.contract import ModelContract
+from maskid.networks.embedder import Embedder
+from maskid.networks.registry import available_models
+from maskid.pipeline.recognizer import Recognizer
 
 # The documented templates (OMZ's spec page; the ArcFace 112 template EdgeFace uses).
 OMZ = [(0.31556875, 0.46157411), (0.68262292, 0.46157411), (0.50026250, 0.64050536),
@@ -35,7 +35,7 @@ MODELS = [m for m in available_models() if m != "maskid-eyes-v1-flip"]
 
 @pytest.fixture(scope="module")
 def faces(lfw10: Path) -> list[tuple[np.ndarray, np.ndarray]]:
-    det = Detector(threads=1)
+    det = MtcnnDetector(threads=1)
     out = []
     for person in sorted(lfw10.iterdir())[:4]:
         img = load_image(sorted(person.glob("*.jpg"))[0])
@@ -55,7 +55,7 @@ def test_shipped_contract_matches_the_documented_template(name: str) -> None:
 def test_chip_puts_the_eyes_on_the_models_template(name: str, faces: list) -> None:
     emb = Embedder(name, threads=1)
     c = emb.contract
-    det = Detector(threads=1)
+    det = MtcnnDetector(threads=1)
     errors, on_chip = [], []
     for img, lm in faces:
         m = emb.chip_transform(lm)
@@ -80,7 +80,7 @@ def test_pipeline_uses_each_models_own_geometry_and_colour(faces: list) -> None:
     seen = set()
     for name in [n for n in DOCUMENTED if n in available_models()] + ["dlib-resnet-v1"]:
         emb = Embedder(name, threads=1)
-        rec = Recognizer(None, embedder=emb, detector=Detector(threads=1))
+        rec = Recognizer(None, embedder=emb, detector=MtcnnDetector(threads=1))
         face = rec.analyze(img)[0]
         assert face.chip_transform is not None
         assert np.allclose(face.chip_transform, emb.chip_transform(face.landmarks))

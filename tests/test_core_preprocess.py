@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskid.preprocess import warp_batch
+from maskid.alignment.warp import warp_batch
 
 
 def reference_warp(
@@ -228,16 +228,16 @@ def test_descriptors_through_the_core_equal_the_reference_chips(lfw10: Path) -> 
     exact NumPy/dlib chip, for a normal face and for an upscaled one (dlib's pyramid path)."""
     import cv2
 
-    from maskid.chip import extract_chip
-    from maskid.embedder import Embedder
-    from maskid.recognizer import Recognizer
+    from maskid.alignment.dlib_chip import extract_chip
+    from maskid.networks.embedder import Embedder
+    from maskid.pipeline.recognizer import Recognizer
 
     emb = Embedder("dlib-resnet-v1")
-    rec = Recognizer(None, model="dlib-resnet-v1")
-    rec._embedder = emb
+    rec = Recognizer(None, embedder=emb)
     img = rec.load(lfw10 / "Colin_Powell" / "Colin_Powell_0002.jpg")
     for image in (img, cv2.resize(img, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)):
-        faces, source = rec.analyze_in_context(image)
+        found = rec.analyze_in_context(image)
+        faces, source = found.faces, found.source
         m = faces[0].chip_transform
         assert m is not None
         via_core = emb.embed_image(source, [m])

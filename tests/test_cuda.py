@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from maskid import _core
-from maskid.preprocess import backends, warp_batch
+from maskid.alignment.warp import backends, warp_batch
 
 
 def _nvcc_present() -> bool:

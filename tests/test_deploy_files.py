@@ -24,7 +24,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from maskid.cli import main
+from maskid.apps.cli import main
 from maskid.errors import GalleryError, ModelError, UsageError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""maskid.detect.Detector on real faces (M2FRED masked/unmasked crops, lfw10 photos)."""
+"""maskid.detection.mtcnn.MtcnnDetector on real faces (M2FRED masked/unmasked crops, lfw10 photos)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import numpy as np
 import onnx
 import pytest
 
-from maskid.detect import DETECTOR_DIR, Detector, nms
+from maskid.detection.mtcnn import DETECTOR_DIR, MtcnnDetector, nms
 from maskid.face import Face
-from maskid.imageio import load_image
+from maskid.io.images import load_image
 
 
 @pytest.fixture(scope="module")
-def detector() -> Detector:
-    return Detector()
+def detector() -> MtcnnDetector:
+    return MtcnnDetector()
 
 
 def pad50(img: np.ndarray) -> np.ndarray:
@@ -50,7 +50,7 @@ def test_models_are_valid_onnx() -> None:
 
 
 @pytest.mark.parametrize("kind", ["1", "0"])  # masked, unmasked
-def test_m2fred_padded(detector: Detector, m2fred: Path, kind: str) -> None:
+def test_m2fred_padded(detector: MtcnnDetector, m2fred: Path, kind: str) -> None:
     files = sorted(m2fred.glob(f"*/*-{kind}-0.png"))[::12]
     found = 0
     for p in files:
@@ -62,7 +62,7 @@ def test_m2fred_padded(detector: Detector, m2fred: Path, kind: str) -> None:
     assert found >= 0.8 * len(files), f"{found}/{len(files)}"
 
 
-def test_lfw10(detector: Detector, lfw10: Path) -> None:
+def test_lfw10(detector: MtcnnDetector, lfw10: Path) -> None:
     files = sorted(lfw10.glob("*/*.jpg"))[::10]
     for p in files:
         img = load_image(p)
@@ -71,7 +71,7 @@ def test_lfw10(detector: Detector, lfw10: Path) -> None:
         check_face(faces[0], img.shape)
 
 
-def test_two_faces_largest_first(detector: Detector, lfw10: Path) -> None:
+def test_two_faces_largest_first(detector: MtcnnDetector, lfw10: Path) -> None:
     a = load_image(sorted(lfw10.glob("*/*.jpg"))[0])
     b = cv2.resize(load_image(sorted(lfw10.glob("*/*.jpg"))[50]), (160, 160))
     canvas = np.full((300, 500, 3), 100, np.uint8)
@@ -83,14 +83,14 @@ def test_two_faces_largest_first(detector: Detector, lfw10: Path) -> None:
     assert faces[0].box[2] < 250 and faces[1].box[0] > 280
 
 
-def test_no_face(detector: Detector) -> None:
+def test_no_face(detector: MtcnnDetector) -> None:
     rng = np.random.default_rng(0)
     assert detector.detect(np.full((240, 320, 3), 128, np.uint8)) == []
     assert detector.detect(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)) == []
     assert detector.detect(np.zeros((5, 5, 3), np.uint8)) == []
 
 
-def test_huge_photo_maps_back(detector: Detector, lfw10: Path) -> None:
+def test_huge_photo_maps_back(detector: MtcnnDetector, lfw10: Path) -> None:
     img = load_image(sorted(lfw10.glob("*/*.jpg"))[0])
     ref = detector.detect(img)[0]
     k = 8  # 2000 x 2000: searched at max_side, landmarks read from full-resolution crops
@@ -102,7 +102,7 @@ def test_huge_photo_maps_back(detector: Detector, lfw10: Path) -> None:
     assert np.abs(f.box / k - ref.box).max() < 0.15 * (ref.box[2] - ref.box[0])
 
 
-def test_bad_input(detector: Detector) -> None:
+def test_bad_input(detector: MtcnnDetector) -> None:
     from maskid.errors import ImageError
 
     with pytest.raises(ImageError):
@@ -110,7 +110,7 @@ def test_bad_input(detector: Detector) -> None:
     with pytest.raises(ImageError):
         detector.detect(np.zeros((50, 50, 3), np.float32))
     with pytest.raises(ValueError):
-        Detector(min_face_size=5)
+        MtcnnDetector(min_face_size=5)
 
 
 def test_nms() -> None:

@@ -11,11 +11,11 @@ import onnx
 import pytest
 
 from dlib_reference import MODELS, dlib, rgb
-from maskid.chip import chip_source, dlib_chip_transform
-from maskid.dlibnet.reader import AddPrev, Conv, Fc, Skip, Tag, read_dlib_net
-from maskid.embedder import Embedder
+from maskid.alignment.dlib_chip import chip_source, dlib_chip_transform
 from maskid.errors import ModelError
-from maskid.models import available_models, dlib_dat_path, model_path
+from maskid.networks.dlib.reader import AddPrev, Conv, Fc, Skip, Tag, read_dlib_net
+from maskid.networks.embedder import Embedder
+from maskid.networks.registry import available_models, dlib_dat_path, model_path
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -126,7 +126,7 @@ def test_dynamic_batch(embedder: Embedder, chips: np.ndarray) -> None:
 
 def test_torch_matches_dlib(chips: np.ndarray, reference: np.ndarray) -> None:
     torch = pytest.importorskip("torch", reason="torch is only for training/export")
-    from maskid.dlibnet.torch_net import load_pretrained
+    from maskid_train.dlib_torch import load_pretrained
 
     net = load_pretrained()
     x = torch.from_numpy(chips.transpose(0, 3, 1, 2).astype(np.float32))

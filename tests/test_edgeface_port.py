@@ -16,12 +16,12 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 import convert_edgeface  # noqa: E402
-from maskid.align import similarity_chip_transform  # noqa: E402
-from maskid.contract import ModelContract  # noqa: E402
-from maskid.detect import Detector  # noqa: E402
+from maskid.alignment.similarity import similarity_chip_transform  # noqa: E402
+from maskid.alignment.warp import warp_batch  # noqa: E402
+from maskid.detection.mtcnn import MtcnnDetector  # noqa: E402
 from maskid.errors import ModelError  # noqa: E402
-from maskid.imageio import load_image  # noqa: E402
-from maskid.preprocess import warp_batch  # noqa: E402
+from maskid.io.images import load_image  # noqa: E402
+from maskid.networks.contract import ModelContract  # noqa: E402
 from maskid_train.edgenext import load_edgeface, read_checkpoint  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[1] / "python" / "maskid" / "data" / "models"
@@ -64,7 +64,7 @@ def faces(lfw10: Path) -> tuple[np.ndarray, np.ndarray]:
     contract = ModelContract.from_metadata(_meta(MODELS / "edgeface-xs.onnx"))
     xxs = ModelContract.from_metadata(_meta(MODELS / "edgeface-xxs.onnx"))
     assert dataclasses.replace(xxs, name=contract.name) == contract  # the same chips serve both
-    det = Detector(threads=1)
+    det = MtcnnDetector(threads=1)
     chips, who = [], []
     for label, person in enumerate(sorted(p for p in lfw10.iterdir() if p.is_dir())):
         for path in sorted(person.glob("*.jpg"))[:PHOTOS_PER_PERSON]:

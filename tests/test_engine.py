@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from maskid.engine import Engine, OnnxEngine
 from maskid.errors import ModelError
+from maskid.networks.tensorrt import Engine, OnnxEngine
 
 
 def tiny_model(path: Path, batch: int | str = "N", size: int = 8, dim: int = 4) -> Path:

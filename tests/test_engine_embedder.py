@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from maskid import _core
-from maskid.contract import ModelContract
-from maskid.embedder import Embedder
-from maskid.engine import Engine
 from maskid.errors import ModelError
-from maskid.models import BUNDLED_DIR, DEFAULT_MODEL, DLIB_MODEL, model_path, sha256_file
+from maskid.networks.contract import ModelContract
+from maskid.networks.embedder import Embedder
+from maskid.networks.registry import BUNDLED_DIR, DEFAULT_MODEL, DLIB_MODEL, model_path, sha256_file
+from maskid.networks.tensorrt import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,19 +9,20 @@ import numpy as np
 import onnx
 import pytest
 
-from maskid.embedder import Embedder
-from maskid.models import EYE_ROWS, EYE_WEIGHTS, EYES_MODEL, model_path
-from maskid.recognizer import Recognizer
+from maskid.networks.embedder import Embedder
+from maskid.networks.registry import EYE_ROWS, EYE_WEIGHTS, EYES_MODEL, model_path
+from maskid.pipeline.recognizer import Recognizer
 
 
 @pytest.fixture(scope="module")
 def chips(lfw10: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    from maskid.chip import extract_chip
+    from maskid.alignment.dlib_chip import extract_chip
 
     rec = Recognizer(tmp_path_factory.mktemp("g"), model="dlib-resnet-v1")
     out = []
     for name in ("Colin_Powell", "Hugo_Chavez", "Tony_Blair"):
-        faces, source = rec.analyze_in_context(rec.load(lfw10 / name / f"{name}_0003.jpg"))
+        found = rec.analyze_in_context(rec.load(lfw10 / name / f"{name}_0003.jpg"))
+        faces, source = found.faces, found.source
         assert faces[0].chip_transform is not None
         out.append(extract_chip(source, faces[0].chip_transform))
     return np.stack(out)
@@ -29,9 +30,9 @@ def chips(lfw10: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
 
 def test_onnx_matches_pytorch(chips: np.ndarray) -> None:
     torch = pytest.importorskip("torch", reason="torch is the training extra")
-    from maskid.dlibnet.reader import read_dlib_net, weight_arrays, with_weights
-    from maskid.dlibnet.torch_net import DlibResNet
-    from maskid.models import dlib_dat_path
+    from maskid.networks.dlib.reader import read_dlib_net, weight_arrays, with_weights
+    from maskid.networks.registry import dlib_dat_path
+    from maskid_train.dlib_torch import DlibResNet
     from maskid_train.periocular import FusedEmbedder
 
     full = read_dlib_net(dlib_dat_path())
@@ -75,7 +76,7 @@ def test_periocular_half_ignores_the_lower_face(chips: np.ndarray) -> None:
 
 
 def test_flip_variant_averages_each_branch_over_the_mirror_image(chips: np.ndarray) -> None:
-    from maskid.models import EYES_FLIP_MODEL
+    from maskid.networks.registry import EYES_FLIP_MODEL
 
     plain, flip = Embedder(EYES_MODEL, threads=1), Embedder(EYES_FLIP_MODEL, threads=1)
     mirrored = np.ascontiguousarray(chips[:, :, ::-1])

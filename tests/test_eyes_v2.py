@@ -15,10 +15,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from maskid.detect import Detector
-from maskid.embedder import Embedder
-from maskid.imageio import load_image
-from maskid.models import BUNDLED_DIR
+from maskid.detection.mtcnn import MtcnnDetector
+from maskid.io.images import load_image
+from maskid.networks.embedder import Embedder
+from maskid.networks.registry import BUNDLED_DIR
 
 V2 = BUNDLED_DIR / "maskid-eyes-v2.onnx"
 pytestmark = pytest.mark.skipif(not V2.is_file(), reason="maskid-eyes-v2.onnx is not shipped")
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not V2.is_file(), reason="maskid-eyes-v2.onnx is
 @pytest.fixture(scope="module")
 def chips(lfw10: Path) -> tuple[Embedder, np.ndarray]:
     emb = Embedder(V2, threads=1)
-    det = Detector(threads=1)
+    det = MtcnnDetector(threads=1)
     batches = []
     for person in sorted(lfw10.iterdir())[:5]:
         for path in sorted(person.glob("*.jpg"))[:2]:

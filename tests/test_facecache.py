@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from maskid.contract import ModelContract
+from maskid.networks.contract import ModelContract
 from maskid_train import facecache  # training/ is on pytest's pythonpath (pyproject.toml)
 
 
@@ -29,8 +29,8 @@ def _omz() -> ModelContract:
 
 
 def test_detect_records_product_faces(faces, shared_data) -> None:
-    from maskid.imageio import load_image
-    from maskid.recognizer import Recognizer
+    from maskid.io.images import load_image
+    from maskid.pipeline.recognizer import Recognizer
 
     assert bool(faces["complete"]) and int(faces["n_done"]) == 14
     assert set(faces["source"]) == {"lfw10", "m2fred"}
@@ -42,7 +42,8 @@ def test_detect_records_product_faces(faces, shared_data) -> None:
     rec = Recognizer(None, threads=1)
     for i in (0, 8):
         img = load_image(shared_data / str(faces["path"][i]))
-        got, _, pad = rec.detect(img)
+        found = rec.find_faces(img)
+        got, pad = found.faces, found.border
         assert pad == faces["pad"][i] and pad == max(img.shape[:2]) // 2
         np.testing.assert_allclose(faces["landmarks"][i], got[0].landmarks - pad)
         np.testing.assert_allclose(faces["box"][i], got[0].box - pad)
@@ -64,10 +65,10 @@ def test_detect_resumes(faces, shared_data, tmp_path) -> None:
 
 
 def test_chips_equal_product_preprocessing(faces, shared_data, tmp_path) -> None:
-    from maskid.align import model_chip_transform
-    from maskid.embedder import Embedder
-    from maskid.imageio import load_image
-    from maskid.recognizer import Recognizer
+    from maskid.alignment.similarity import model_chip_transform
+    from maskid.io.images import load_image
+    from maskid.networks.embedder import Embedder
+    from maskid.pipeline.recognizer import Recognizer
 
     contract = _omz()
     out = tmp_path / "chips.npy"
@@ -81,7 +82,8 @@ def test_chips_equal_product_preprocessing(faces, shared_data, tmp_path) -> None
     rec = Recognizer(None, threads=1)
     for j in (0, len(chips) - 1):
         img = load_image(shared_data / str(index["path"][j]))
-        got, context, _ = rec.detect(img)
+        found = rec.find_faces(img)
+        got, context = found.faces, found.source
         m = model_chip_transform(got[0].landmarks, contract)
         # The product's preprocessing for this contract, and raw RGB chips (mean 0, scale 1).
         fake = SimpleNamespace(_size=128, contract=contract)
@@ -130,7 +132,7 @@ def test_masked_copies_change_only_below_the_eyes(faces, shared_data, tmp_path) 
 
 
 def test_dev_identities_never_in_train(shared_data) -> None:
-    from maskid.splits import identity_dirs, lfw_dev, rmfd_dev
+    from maskid.evaluation.splits import identity_dirs, lfw_dev, rmfd_dev
 
     items = facecache.list_items(shared_data, ["train/rmfd", "train/lfw", "eval/m2fred"])
     n = len(items["path"])

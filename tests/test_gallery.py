@@ -17,7 +17,7 @@ import pytest
 
 from gallery_worker import DIM, EMBEDDER, source_for, vector_for
 from maskid.errors import GalleryError, UnknownIdentityError, UsageError
-from maskid.gallery import CRASH_POINTS, FORMAT_VERSION, Gallery, validate_name
+from maskid.gallery.store import CRASH_POINTS, FORMAT_VERSION, Gallery, validate_name
 
 WORKER = Path(__file__).with_name("gallery_worker.py")
 

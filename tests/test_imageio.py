@@ -1,4 +1,4 @@
-"""maskid.imageio.load_image on real and deliberately broken files (made in tmp_path)."""
+"""maskid.io.images.load_image on real and deliberately broken files (made in tmp_path)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from maskid.errors import ImageError
-from maskid.imageio import load_image
+from maskid.io.images import load_image
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from maskid.masks import (
+from maskid.pipeline.masks import (
     anchors_from_68,
     apply_mask,
     available_styles,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskid.metrics import (
+from maskid.evaluation.metrics import (
     equal_error_rate,
     identification_report,
     rank_k,
@@ -79,7 +79,7 @@ def test_heldout_split_is_identity_disjoint_deterministic_and_balanced() -> None
     import importlib.util
     from pathlib import Path
 
-    from maskid.splits import lfw_dev, m2fred_halves, rmfd_dev
+    from maskid.evaluation.splits import lfw_dev, m2fred_halves, rmfd_dev
 
     ids = [f"{i:03d}" for i in range(43)]
     halves = m2fred_halves(ids[::-1])  # input order does not matter
@@ -100,7 +100,7 @@ def test_heldout_split_is_identity_disjoint_deterministic_and_balanced() -> None
 
 
 def test_training_identities_leave_out_every_dev_identity(shared_data) -> None:
-    from maskid.splits import identity_dirs, lfw_dev, rmfd_dev, training_identities
+    from maskid.evaluation.splits import identity_dirs, lfw_dev, rmfd_dev, training_identities
 
     train = training_identities(shared_data)
     rmfd = identity_dirs(shared_data / "train" / "rmfd")

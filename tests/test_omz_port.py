@@ -14,13 +14,13 @@ import pytest
 import torch
 
 import convert_omz
-from maskid.align import similarity_chip_transform
-from maskid.contract import ModelContract
-from maskid.detect import Detector
+from maskid.alignment.similarity import similarity_chip_transform
+from maskid.alignment.warp import warp_batch
+from maskid.detection.mtcnn import MtcnnDetector
 from maskid.errors import ModelError
-from maskid.imageio import load_image
-from maskid.irnet import build_onnx, read_ir
-from maskid.preprocess import warp_batch
+from maskid.io.images import load_image
+from maskid.networks.contract import ModelContract
+from maskid.networks.openvino_ir import build_onnx, read_ir
 from maskid_train.irnet_torch import IRNet
 
 SHIPPED = Path(__file__).resolve().parents[1] / "python/maskid/data/models/omz-face-reid-0095.onnx"
@@ -58,7 +58,7 @@ def faces(lfw10: Path) -> tuple[np.ndarray, list[str]]:
     contract = ModelContract.from_metadata(
         {p.key: p.value for p in onnx.load(str(SHIPPED), load_external_data=False).metadata_props}
     )
-    det = Detector(threads=1)
+    det = MtcnnDetector(threads=1)
     chips, who = [], []
     for path in sorted(lfw10.glob("*/*.jpg")):
         image = load_image(path)

@@ -6,20 +6,21 @@ from pathlib import Path
 
 import numpy as np
 
-from maskid.detect import Detector
+from maskid.detection.mtcnn import MtcnnDetector
 from maskid.face import iou
-from maskid.imageio import load_image
-from maskid.recognizer import Recognizer
+from maskid.io.images import load_image
+from maskid.pipeline.recognizer import Recognizer
 
 
 def test_tight_masked_crops_are_found_by_the_pipeline(m2fred: Path, tmp_path: Path) -> None:
     files = sorted(m2fred.glob("*/*-1-0.png"))
     rec = Recognizer(tmp_path / "g")
-    cascade = Detector()
+    cascade = MtcnnDetector()
     found = cascade_found = 0
     for f in files:
         img = load_image(f)
-        faces, context, pad = rec.detect(img)
+        result = rec.find_faces(img)
+        faces, context, pad = result.faces, result.source, result.border
         cascade_found += bool(cascade.detect(context))
         if faces:
             found += 1
@@ -64,8 +65,8 @@ def test_enrolled_masked_copies_are_aligned_from_a_detection_on_the_masked_image
 ) -> None:
     """Issue 5: a masked copy is aligned as a real masked probe is (landmarks found on the masked
     face), not with the unmasked photo's chip transform."""
-    from maskid import recognizer
-    from maskid.masks import apply_mask
+    from maskid.pipeline import recognizer
+    from maskid.pipeline.masks import apply_mask
 
     assert recognizer.COPY_REDETECT
     rec = Recognizer(tmp_path / "g", mask_copies=2)
@@ -74,7 +75,7 @@ def test_enrolled_masked_copies_are_aligned_from_a_detection_on_the_masked_image
         face, context = rec.enroll_face(load_image(path))
         assert face.chip_transform is not None
         seed = 1234
-        vectors = rec._enrollment_vectors(context, face, seed)
+        vectors = rec.enrollment_vectors(context, face, seed)
         assert vectors.shape == (3, rec.embedder.dim)
         rng = np.random.default_rng(seed)
         for k in range(2):
@@ -87,7 +88,7 @@ def test_enrolled_masked_copies_are_aligned_from_a_detection_on_the_masked_image
             t = rec.embedder.chip_transform(
                 max(found, key=lambda f: iou(f.box, face.box)[0, 0]).landmarks
             )
-            assert np.allclose(rec._copy_transform(masked, face), t)
+            assert np.allclose(rec.copy_transform(masked, face), t)
             moved += not np.allclose(t, face.chip_transform, atol=0.05)
             expected = rec.embedder.embed_image(masked, [t])[0]
             assert np.allclose(vectors[1 + k], expected, atol=1e-5)

@@ -19,7 +19,7 @@ from maskid.paths import PACKAGE_DATA
 PROBE = """
 import json, sys
 sys.argv = ["maskid", *json.loads(sys.argv[1])]
-from maskid.cli import main
+from maskid.apps.cli import main
 try:
     main()
 except SystemExit as e:
@@ -83,7 +83,7 @@ def test_list_and_remove_load_no_network(gallery: Path, tmp_path: Path) -> None:
 def test_recognize_with_the_shipped_default_does_not_import_onnx(
     gallery: Path, tmp_path: Path
 ) -> None:
-    from maskid.models import available_models, default_model, model_path
+    from maskid.networks.registry import available_models, default_model, model_path
 
     if model_path(default_model()).parent != PACKAGE_DATA / "models":
         pytest.skip(f"the default model {default_model()} is built at first use, not shipped")
@@ -98,7 +98,7 @@ def test_recognize_with_the_shipped_default_does_not_import_onnx(
 def test_builder_key_reads_no_onnx() -> None:
     """The converted models' cache key (weights + builder source) is computed without onnx."""
     code = (
-        "import sys; from maskid import models; k = models._builder_key(); "
+        "import sys; from maskid.networks import registry as models; k = models._builder_key(); "
         "print(len(k), 'onnx' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

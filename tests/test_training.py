@@ -42,7 +42,7 @@ def _nchw(chips: np.ndarray) -> torch.Tensor:
 
 
 def test_eye_gates_are_identity_at_init(real_chips) -> None:
-    from maskid.dlibnet.torch_net import load_pretrained
+    from maskid_train.dlib_torch import load_pretrained
 
     chips = _nchw(real_chips[0])
     student, dlib = build_student("eyes"), load_pretrained()

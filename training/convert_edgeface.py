@@ -7,7 +7,7 @@ dynamic-int8 Linear layers, BSD-3-Clause), rebuilds the network with maskid's ow
 - input "input": float32 N x 3 x 112 x 112, RGB, already normalised, (pixel - 127.5) / 127.5
   (the pipeline does this from the model contract in the metadata; nothing is baked in)
 - output "descriptor": float32 N x 512 (not L2-normalised; the metric is cosine)
-- opset 17, dynamic batch; metadata_props: maskid.contract.ModelContract (similarity warp onto
+- opset 17, dynamic batch; metadata_props: maskid.networks.contract.ModelContract (similarity warp onto
   the ArcFace 112 x 112 template, all five points weighted) plus version, source,
   source_sha256 and licence.
 
@@ -40,8 +40,8 @@ from onnx import helper, numpy_helper
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 
-from maskid.contract import ALL_POINTS, ModelContract  # noqa: E402
 from maskid.errors import ModelError  # noqa: E402
+from maskid.networks.contract import ALL_POINTS, ModelContract  # noqa: E402
 from maskid_train.edgenext import (  # noqa: E402
     _PACKED,
     EdgeFace,

@@ -1,7 +1,7 @@
 """Convert Intel OMZ face-reidentification-retail-0095 (OpenVINO IR v11) into maskid's ONNX.
 
-Reads the IR with maskid's own reader (`maskid.irnet`), translates it node for node
-(`maskid.irnet.build_onnx`: weights kept as the IR's float16, cast to float32 in the graph) and
+Reads the IR with maskid's own reader (`maskid.networks.openvino_ir`), translates it node for node
+(`maskid.networks.openvino_ir.build_onnx`: weights kept as the IR's float16, cast to float32 in the graph) and
 writes the model contract plus provenance into the file's metadata_props. Also copies the
 Apache-2.0 licence beside the shipped models. Needs neither OpenVINO nor torch.
 
@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from maskid.contract import ALL_POINTS, ModelContract
 from maskid.errors import MaskidError
-from maskid.irnet import build_onnx, read_ir
+from maskid.networks.contract import ALL_POINTS, ModelContract
+from maskid.networks.openvino_ir import build_onnx, read_ir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODEL = REPO.parent / "shared" / "models" / "omz-face-reid-0095"

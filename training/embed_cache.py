@@ -22,16 +22,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskid.chip import chip_source
-from maskid.detect import Detector
-from maskid.embedder import Embedder
+from maskid.alignment.dlib_chip import chip_source
+from maskid.alignment.warp import warp_batch
+from maskid.detection.mtcnn import MtcnnDetector
 from maskid.errors import MaskidError
 from maskid.face import Face
-from maskid.masks import apply_mask, available_styles
-from maskid.models import EYES_MODEL, sha256_file
+from maskid.networks.embedder import Embedder
+from maskid.networks.registry import EYES_MODEL, sha256_file
 from maskid.paths import shared_data_dir
-from maskid.preprocess import warp_batch
-from maskid.recognizer import Recognizer, identity_images
+from maskid.pipeline.masks import apply_mask, available_styles
+from maskid.pipeline.recognizer import Recognizer, identity_images
 
 # Copy policies: how the k-th synthetic masked copy of an enrollment photo is drawn.
 #  random:   the product's default draw before issue 5's coverage/alignment study: one rng
@@ -40,7 +40,7 @@ from maskid.recognizer import Recognizer, identity_images
 #  distinct: the styles in a per-photo random order (no style twice before all were used).
 #  jitter:   as random, with placement jitter 0.06 inter-ocular distances.
 #  redetect: as random, but the copy is aligned from a detection on the masked image, as a real
-#            masked probe is (`Recognizer._copy_transform`)  -- variant A.
+#            masked probe is (`Recognizer.copy_transform`)  -- variant A.
 #  raise<R>[_wide<W>]: as random, the mask worn higher/wider (`apply_mask(raise_top=R/100,
 #            widen=W/100)`)  -- variant B; `redetect_raise...`: A + B.
 # Every policy draws the same styles/colours for a photo (same seed, same draws), so they pair.
@@ -88,7 +88,7 @@ def _copies(
             masked = apply_mask(
                 image, face.landmarks, rng=rng, jitter=jitter, raise_top=raise_top, widen=widen
             )
-        t = rec._copy_transform(masked, face) if redetect else face.chip_transform
+        t = rec.copy_transform(masked, face) if redetect else face.chip_transform
         out.append(_branches(emb, masked, t))
     if seconds is not None:
         seconds[policy] = seconds.get(policy, 0.0) + time.perf_counter() - t0
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print("embed_cache: ../shared/data not found", file=sys.stderr)
         return 2
     rec = Recognizer(None, model=args.model, mask_copies=0)
-    rec._detector = Detector(threads=1)
+    rec._detector = MtcnnDetector(threads=1)
     emb = rec._embedder = Embedder(args.model, threads=1)
     if emb.dim != 256:
         print("embed_cache: expects the fused 2 x 128 embedder", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Enrollment cost per photo of the synthetically masked copies, and how often a copy's
 re-detection (`recognizer.COPY_REDETECT`) falls back to the unmasked photo's chip (issue 5).
 
-Times `Recognizer._enrollment_vectors` (the copies only: detection/embedding of the photo itself
+Times `Recognizer.enrollment_vectors` (the copies only: detection/embedding of the photo itself
 is done once beforehand) on M2FRED's unmasked photos and lfw10's first photos, one thread.
 
     OMP_NUM_THREADS=1 python training/enroll_cost.py [--n 60] [--json out.json]
@@ -18,12 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskid import recognizer as recmod
 from maskid.errors import MaskidError
-from maskid.masks import apply_mask
-from maskid.models import sha256_file
+from maskid.networks.registry import sha256_file
 from maskid.paths import shared_data_dir
-from maskid.recognizer import Recognizer, identity_images
+from maskid.pipeline import recognizer as recmod
+from maskid.pipeline.masks import apply_mask
+from maskid.pipeline.recognizer import Recognizer, identity_images
 
 SETTINGS = {
     "fitted placement, unmasked photo's chip": (0.0, 0.0, False),
@@ -57,14 +57,14 @@ def main(argv: list[str] | None = None) -> int:
             except MaskidError:  # a photo without a face is skipped, as enrollment does
                 continue
             faces.append((context, face, int(sha256_file(p)[:8], 16)))
-        rec._enrollment_vectors(*faces[0])  # warm up
+        rec.enrollment_vectors(*faces[0])  # warm up
         for name, (raise_top, widen, redetect) in SETTINGS.items():
             recmod.COPY_RAISE_TOP, recmod.COPY_WIDEN, recmod.COPY_REDETECT = (
                 raise_top, widen, redetect,
             )  # fmt: skip
             t0 = time.perf_counter()
             for context, face, seed in faces:
-                rec._enrollment_vectors(context, face, seed)
+                rec.enrollment_vectors(context, face, seed)
             ms = 1000 * (time.perf_counter() - t0) / len(faces)
             # fallbacks: copies whose re-detection found no overlapping face
             fallback = total = 0
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                     rng = np.random.default_rng(seed)
                     for _ in range(rec.mask_copies):
                         m = apply_mask(context, face.landmarks, rng=rng, raise_top=raise_top)
-                        t = rec._copy_transform(m, face)
+                        t = rec.copy_transform(m, face)
                         fallback += bool(np.array_equal(t, face.chip_transform))
                         total += 1
             report.setdefault(ds, {})[name] = {

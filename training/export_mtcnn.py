@@ -1,4 +1,4 @@
-"""Export MTCNN (PNet/RNet/ONet) to ONNX for `maskid.detect`.
+"""Export MTCNN (PNet/RNet/ONet) to ONNX for `maskid.detection.mtcnn`.
 
 The weights are facenet-pytorch's (MIT, Copyright (c) 2019 Timothy Esler), plain state dicts
 `facenet_pytorch/data/{pnet,rnet,onet}.pt`. `import facenet_pytorch` fails beside the CPU torch

@@ -29,16 +29,16 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from heldout import Cache, split_identities
-from maskid.chip import chip_source
-from maskid.detect import Detector
-from maskid.embedder import Embedder
+from maskid.alignment.dlib_chip import chip_source
+from maskid.alignment.warp import warp_batch
+from maskid.detection.mtcnn import MtcnnDetector
 from maskid.errors import MaskidError
-from maskid.masks import apply_mask
-from maskid.metrics import identification_report
-from maskid.models import sha256_file
+from maskid.evaluation.metrics import identification_report
+from maskid.networks.embedder import Embedder
+from maskid.networks.registry import sha256_file
 from maskid.paths import shared_data_dir
-from maskid.preprocess import warp_batch
-from maskid.recognizer import Recognizer
+from maskid.pipeline.masks import apply_mask
+from maskid.pipeline.recognizer import Recognizer
 
 VIEWS = {  # (x0, y0, x1, y1) in the 150 px chip; eyes at about (48, 47) and (104, 47)
     "S90": (0, 0, 150, 90),
@@ -81,7 +81,7 @@ def product_chips(c: Cache, copies: bool = True) -> tuple[np.ndarray, np.ndarray
     root = data / "eval"
     cv2.setNumThreads(1)
     rec = Recognizer(Path("/nonexistent"), mask_copies=0)
-    rec._detector = Detector(threads=1)
+    rec._detector = MtcnnDetector(threads=1)
 
     def chip(img: np.ndarray, t: np.ndarray) -> np.ndarray:
         out = np.zeros((1, 3, 150, 150), np.float32)
@@ -106,7 +106,7 @@ def product_chips(c: Cache, copies: bool = True) -> tuple[np.ndarray, np.ndarray
             rng = np.random.default_rng(int(sha256_file(path)[:8], 16))
             for k in range(3 if copies else 0):
                 m = apply_mask(ctx, face.landmarks, rng=rng)
-                masked[j, k] = chip(m, rec._copy_transform(m, face))
+                masked[j, k] = chip(m, rec.copy_transform(m, face))
         else:
             faces, ctx = rec.analyze_in_context(img)
             if faces and faces[0].chip_transform is not None:

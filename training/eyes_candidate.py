@@ -1,7 +1,7 @@
 """A candidate periocular branch against the shipped one, on M2FRED's held-out halves (issue 5).
 
 `build`: a fused ONNX (dlib's net on the chip + the candidate's periocular branch, the graph
-`maskid.models` builds for `maskid-eyes-v1`) from a candidate's fp16 .npz (`maskid_train.
+`maskid.networks.registry` builds for `maskid-eyes-v1`) from a candidate's fp16 .npz (`maskid_train.
 periocular --export`), written where you say (never over the shipped files).
 
 `compare`: two descriptor caches of the same faces (`training/embed_cache.py --model ...`, one
@@ -29,15 +29,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from heldout import Cache, copy_similarity, evaluate, identity_bootstrap, protocols
 
-POLICY = "redetect"  # maskid.recognizer.COPY_REDETECT: the product's enrolled copies
+POLICY = "redetect"  # maskid.pipeline.recognizer.COPY_REDETECT: the product's enrolled copies
 COPIES = 3
 KEYS = ("rank1", "tar_at_far_1e-3", "tar_at_far_1e-2", "eer")
 
 
 def build(weights: Path, out: Path, name: str) -> Path:
-    from maskid.dlibnet.onnx_build import build_fused_onnx
-    from maskid.dlibnet.reader import read_dlib_net, with_weights
-    from maskid.models import CONVERTER_VERSION, EYE_ROWS, EYE_WEIGHT, dlib_dat_path, sha256_file
+    from maskid.networks.dlib.onnx_build import build_fused_onnx
+    from maskid.networks.dlib.reader import read_dlib_net, with_weights
+    from maskid.networks.registry import (
+        CONVERTER_VERSION,
+        EYE_ROWS,
+        EYE_WEIGHT,
+        dlib_dat_path,
+        sha256_file,
+    )
 
     full = read_dlib_net(dlib_dat_path())
     with np.load(weights) as z:

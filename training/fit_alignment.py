@@ -1,7 +1,7 @@
-"""Fit `maskid.align.TEMPLATE`: where MTCNN's 5 points sit in dlib's chip geometry.
+"""Fit `maskid.alignment.similarity.TEMPLATE`: where MTCNN's 5 points sit in dlib's chip geometry.
 
 For each real unmasked face, dlib's own pipeline (HOG detector + shape_predictor_5 +
-`maskid.chip.dlib_chip_transform`) gives the true chip similarity t: template space -> image.
+`maskid.alignment.dlib_chip.dlib_chip_transform`) gives the true chip similarity t: template space -> image.
 Our detector's 5 points mapped through t^-1 land in template space; their mean (normalised
 like dlib's TEMPLATE_5: x, y in 0..1 before padding) is the template. Prints residuals.
 
@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskid.chip import dlib_chip_transform
-from maskid.detect import Detector
-from maskid.imageio import load_image
+from maskid.alignment.dlib_chip import dlib_chip_transform
+from maskid.detection.mtcnn import MtcnnDetector
+from maskid.io.images import load_image
 
 PADDING = 0.25
 SIZE = 150
@@ -69,7 +69,7 @@ def dlib_points5(img: np.ndarray, det, sp) -> np.ndarray | None:  # type: ignore
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
 
-def ours_near(detector: Detector, img: np.ndarray, ref: np.ndarray) -> np.ndarray | None:
+def ours_near(detector: MtcnnDetector, img: np.ndarray, ref: np.ndarray) -> np.ndarray | None:
     """Our 5 points for the detected face nearest the dlib landmarks' centre."""
     faces = detector.detect(img)
     if not faces:
@@ -81,10 +81,10 @@ def ours_near(detector: Detector, img: np.ndarray, ref: np.ndarray) -> np.ndarra
     return f.landmarks
 
 
-def fit_template(paths: Iterable[Path], detector: Detector | None = None) -> dict[str, object]:
+def fit_template(paths: Iterable[Path], detector: MtcnnDetector | None = None) -> dict[str, object]:
     """Return {"template": (5,2), "per_face": (N,5,2), "rms_px": per-point RMS in chip px}."""
     det, sp = dlib_models()
-    detector = detector or Detector()
+    detector = detector or MtcnnDetector()
     per_face = []
     skipped = 0
     for p in paths:
@@ -111,11 +111,11 @@ def default_paths(shared: Path) -> list[Path]:
 def eval_masked_rank1(shared: Path) -> dict[str, float]:
     """Rank-1 of masked M2FRED probes vs unmasked enrollment (dlib-resnet-v1, cosine): probes
     aligned on all points or eye-weighted (gallery all points), and both eye-weighted."""
-    from maskid.align import chip_transform
-    from maskid.chip import extract_chip
-    from maskid.embedder import Embedder
+    from maskid.alignment.dlib_chip import extract_chip
+    from maskid.alignment.similarity import chip_transform
+    from maskid.networks.embedder import Embedder
 
-    detector, emb = Detector(), Embedder("dlib-resnet-v1")
+    detector, emb = MtcnnDetector(), Embedder("dlib-resnet-v1")
     gal_v: list[np.ndarray] = []
     gal_e: list[np.ndarray] = []
     gal_id = []

@@ -1,11 +1,11 @@
 """Fit where a face mask's six anchors sit, given maskid's five landmarks; and package the templates.
 
-Two jobs, both regenerating what `maskid.masks` ships:
+Two jobs, both regenerating what `maskid.pipeline.masks` ships:
 
 * ``fit`` (default): on real photos (``../shared/data/demo/lfw10`` and the unmasked M2FRED
   crops ``*-0-0.png``, padded 50% edge-replicated), dlib's 68-point predictor gives the ground
   truth. From it we take maskid's five points (eye centres, nose tip 30, mouth corners 48/54) and
-  the six mask anchors (`maskid.masks.anchors_from_68`), then fit a ridge regression in the
+  the six mask anchors (`maskid.pipeline.masks.anchors_from_68`), then fit a ridge regression in the
   eye-normalised frame. It prints the coefficients to paste into ``_ANCHOR_COEF`` in masks.py,
   the in-sample and leave-identities-out errors (pixels / inter-ocular distance) and the
   distribution of the yaw proxy.
@@ -28,7 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from maskid.masks import (
+from maskid.paths import PACKAGE_DATA, shared_data_dir
+from maskid.pipeline.masks import (
     _ANCHOR_COEF,
     anchors_from_68,
     face_anchors,
@@ -36,7 +37,6 @@ from maskid.masks import (
     head_yaw,
     points5_from_68,
 )
-from maskid.paths import PACKAGE_DATA, shared_data_dir
 
 KEEP = (  # MaskTheFace templates worth shipping; the gas mask (a respirator with filters) is not
     "surgical",

@@ -9,7 +9,7 @@ and its synthetic masked copies) and evaluates, with maskid's own metrics:
 * per-identity score aggregation (max, mean of the top 2 of an identity's descriptors),
 * the mirrored chips enrolled as extra gallery entries (probes unflipped: no query-time cost),
 
-on M2FRED's identity-disjoint halves (`maskid.splits.m2fred_halves`: sorted
+on M2FRED's identity-disjoint halves (`maskid.evaluation.splits.m2fred_halves`: sorted
 ids, even positions = dev, odd = test) plus the synthetic-masked lfw10 set and the unmasked
 controls, and compares each candidate with the shipped default by a paired bootstrap over
 identities (5th-95th percentile of the metric difference), the yardstick for "beyond noise".
@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from maskid.metrics import identification_report
-from maskid.splits import m2fred_halves as split_identities  # the one split rule (maskid.splits)
+from maskid.evaluation.metrics import identification_report
+from maskid.evaluation.splits import (
+    m2fred_halves as split_identities,  # the one split rule (maskid.evaluation.splits)
+)
 
 
 def descriptors(branches: np.ndarray, weight: float, flip: bool, view: int = 0) -> np.ndarray:

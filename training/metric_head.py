@@ -61,7 +61,7 @@ def train_descriptors(
 ) -> dict[str, np.ndarray]:
     """{'plain': (N, 256), 'masked': (N, K, 256), 'labels': (N,)} unit fused descriptors of the
     training chips (cached in <cache>/train/fused_<model>.npz)."""
-    from maskid.embedder import Embedder
+    from maskid.networks.embedder import Embedder
     from maskid_train.augment import build_mask_pool
     from maskid_train.data import build_chip_cache, training_items
 

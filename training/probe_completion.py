@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eye_crops import m2fred_rows, product_chips
 from heldout import Cache, identity_bootstrap, split_identities
-from maskid.embedder import Embedder
-from maskid.metrics import identification_report
+from maskid.evaluation.metrics import identification_report
+from maskid.networks.embedder import Embedder
 
 
 def l2(v: np.ndarray) -> np.ndarray:

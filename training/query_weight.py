@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from heldout import Cache, identity_bootstrap, protocols
-from maskid.metrics import identification_report
+from maskid.evaluation.metrics import identification_report
 
 KEYS = ("rank1", "tar_at_far_1e-3", "eer")
 RATIOS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, float("inf"))

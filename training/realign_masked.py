@@ -4,7 +4,7 @@ The mask pool (`maskid_train.augment`, `<cache>/train/masked_k2.npy`) draws synt
 each 150x150 training chip with the chip's own (unmasked) landmarks, so a masked view keeps the
 unmasked face's alignment. A real masked probe is aligned from the landmarks MTCNN finds on the
 masked face (nose and mouth guessed under the mask, box shifted), which moves the descriptor
-further. This script makes "realigned masked views", as `Recognizer._copy_transform` does for the
+further. This script makes "realigned masked views", as `Recognizer.copy_transform` does for the
 enrolled copies: for every chip it pads the unmasked chip 50% with replicated edges (as a tight
 crop is padded before detection) and detects the reference face (the detection whose landmarks
 are nearest the cached chip landmarks); then for each masked variant it detects on the padded
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-MIN_IOU = 0.4  # maskid.recognizer.COPY_MIN_IOU
+MIN_IOU = 0.4  # maskid.pipeline.recognizer.COPY_MIN_IOU
 PAD = 0.5  # data.TIGHT_CROP_SETS padding: the chip is a tight crop
 SHARD = 256
 
@@ -43,9 +43,9 @@ def _work(args: tuple[str, int, int]) -> int:
     import cv2
 
     cv2.setNumThreads(1)
-    from maskid.align import chip_transform
-    from maskid.chip import extract_chip
-    from maskid.detect import Detector
+    from maskid.alignment.dlib_chip import extract_chip
+    from maskid.alignment.similarity import chip_transform
+    from maskid.detection.mtcnn import MtcnnDetector
     from maskid.face import iou
     from maskid_train.data import CHIP, pad_edges
 
@@ -55,7 +55,7 @@ def _work(args: tuple[str, int, int]) -> int:
     lms = np.load(train / "meta.npz")["landmarks"]
     out = np.load(train / "masked_k2_realigned.npy", mmap_mode="r+")
     done = train / "masked_k2_realigned.done"
-    det = Detector(threads=1)
+    det = MtcnnDetector(threads=1)
     n, k = pool.shape[:2]
     made = 0
     for s in range(worker, (n + SHARD - 1) // SHARD, workers):
@@ -100,7 +100,7 @@ def _work(args: tuple[str, int, int]) -> int:
 def measure(train: Path, n: int, flag: np.ndarray, seed: int = 0) -> dict[str, float]:
     """Mean cosine (default fused model) of masked views to their unmasked chip, over n random
     chips x 2 variants: chip-level pool, realigned, and realigned where a face was re-detected."""
-    from maskid.embedder import Embedder
+    from maskid.networks.embedder import Embedder
 
     chips = np.load(train / "chips.npy", mmap_mode="r")
     pool = np.load(train / "masked_k2.npy", mmap_mode="r")

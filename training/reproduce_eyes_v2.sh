@@ -8,7 +8,7 @@
 # every face + 2 synthetic masked copies of each unmasked training photo, 3. the frozen backbone's
 # last 128 x 8 x 8 map for every chip, 4. the branch's training (its own copy of the expansion
 # conv, row weights and pooling head; CosFace + masked<->unmasked term, 8 epochs, lr 1e-3, seed 0;
-# the epoch with the best dev proxy is kept), 5. export to ONNX (the backbone's graph + the branch). Dev/test identities are fixed in python/maskid/splits.py and
+# the epoch with the best dev proxy is kept), 5. export to ONNX (the backbone's graph + the branch). Dev/test identities are fixed in python/maskid/evaluation/splits.py and
 # never trained on. To ship: cp OUT_ONNX python/maskid/data/models/, then
 # `python benchmarks/accuracy.py --write-settings` measures its threshold. Wall time on 2 CPU
 # cores: about 40 minutes (training/README.md).

@@ -51,7 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from heldout import Cache, descriptors, identity_bootstrap, protocols
-from maskid.metrics import identification_report
+from maskid.evaluation.metrics import identification_report
 
 
 def identity_max(sims: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:

@@ -21,11 +21,12 @@ def cache_dir() -> Path:
     return path
 
 
-def default_gallery_dir() -> Path:
-    """The gallery used when `--gallery` is not given: `$MASKID_GALLERY` or XDG data dir."""
+def default_gallery() -> str | Path:
+    """The gallery used when `--gallery` is not given: `$MASKID_GALLERY` (a directory or a
+    gallery server's URI) or the XDG data dir."""
     override = os.environ.get("MASKID_GALLERY")
     if override:
-        return Path(override)
+        return override if "://" in override else Path(override)
     return _xdg("XDG_DATA_HOME", ".local/share") / "maskid" / "gallery"
 
 

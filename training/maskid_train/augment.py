@@ -1,6 +1,6 @@
 """Synthetic masks on chips (precomputed pool) and cheap on-the-fly photometric jitter.
 
-Mask synthesis (maskid.masks: template warp + shading) costs milliseconds per chip, so a pool of
+Mask synthesis (maskid.pipeline.masks: template warp + shading) costs milliseconds per chip, so a pool of
 K masked variants per chip is made once into a uint8 memmap (N,K,150,150,3); training steps only
 index it. Each chip's K variants use K different styles (drawn without replacement from
 `available_styles()`), random colours/textures and placement jitter, seeded per chip: the pool
@@ -26,7 +26,7 @@ def masked_variants(
     chip: np.ndarray, landmarks: np.ndarray, k: int, seed: int, max_jitter: float = 0.08
 ) -> np.ndarray:
     """(k,150,150,3) uint8: `chip` with k different synthetic masks (deterministic in seed)."""
-    from maskid.masks import apply_mask, available_styles
+    from maskid.pipeline.masks import apply_mask, available_styles
 
     rng = np.random.default_rng(seed)
     styles = available_styles()

@@ -1,6 +1,6 @@
 """Chip dataset and caches for training: identity folders -> aligned 150x150 chips.
 
-Chips are made with maskid's own pipeline (MTCNN `Detector` -> `align.chip_transform` ->
+Chips are made with maskid's own pipeline (MTCNN `MtcnnDetector` -> `align.chip_transform` ->
 `chip.extract_chip`), so training sees exactly what the runtime feeds the embedder. Tight crops
 (glint23's 112x112 ArcFace crops, m2fred) are padded 50% with replicated edges before detection.
 Images without a face are skipped and counted.
@@ -66,18 +66,18 @@ class ChipMaker:
     """image path -> (chip, landmarks in chip pixels) or None when no face is found."""
 
     def __init__(self, threads: int = 1) -> None:
-        from maskid.detect import Detector
+        from maskid.detection.mtcnn import MtcnnDetector
 
-        self.detector = Detector(threads=threads)
+        self.detector = MtcnnDetector(threads=threads)
 
     def __call__(self, path: str, pad: float) -> tuple[np.ndarray, np.ndarray] | None:
-        from maskid.imageio import load_image
+        from maskid.io.images import load_image
 
         return self.from_image(load_image(path), pad)
 
     def from_image(self, image: np.ndarray, pad: float) -> tuple[np.ndarray, np.ndarray] | None:
-        from maskid.align import chip_transform
-        from maskid.chip import extract_chip
+        from maskid.alignment.dlib_chip import extract_chip
+        from maskid.alignment.similarity import chip_transform
 
         padded, _ = pad_edges(image, pad)
         faces = self.detector.detect(padded)
@@ -236,7 +236,7 @@ def teacher_descriptors(
             return t
     import torch
 
-    from maskid.dlibnet.torch_net import load_pretrained
+    from maskid_train.dlib_torch import load_pretrained
 
     net = load_pretrained()
     res = np.zeros((len(chips), 128), np.float32)

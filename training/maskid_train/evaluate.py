@@ -1,7 +1,7 @@
 """Dev evaluation on chips made by maskid's own detector/align/chip (cached per dev set).
 
 Protocols (open-set scores = max cosine over each identity's enrolled descriptors, reported by
-`maskid.metrics.identification_report`; probes with no face found count as errors):
+`maskid.evaluation.metrics.identification_report`; probes with no face found count as errors):
 
 * m2fred masked: enroll every ``*-0-0.png`` (unmasked), probe every ``*-1-0.png`` (real masks);
   also with 3 synthetic masked copies of each enrolled chip beside it ("enroll+masks").
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskid.metrics import identification_report
+from maskid.evaluation.metrics import identification_report
 
 from .augment import masked_variants
 from .data import CHIP, ChipMaker

@@ -55,7 +55,7 @@ ROW_LOGITS_INIT = (3.0, 3.0, 3.0, 3.0, 3.0, 0.0, -1.0, -1.0)
 
 
 def _backbone_path(name: str) -> Path:
-    from maskid.models import model_path
+    from maskid.networks.registry import model_path
 
     return model_path(name)
 
@@ -176,7 +176,7 @@ def proxy_eval(full: np.ndarray, eye: np.ndarray, index: dict[str, Any], rows: n
     """Closed-set masked rank-1 and TAR@1e-3 on cached chips (enroll unmasked photos + their
     masked copies if cached, probe the real masked photos): a fast proxy for choosing the
     epoch; the product pipeline (benchmarks/accuracy.py) makes the real choice."""
-    from maskid.metrics import identification_report
+    from maskid.evaluation.metrics import identification_report
 
     d = np.concatenate([_l2(full[rows]), w * _l2(eye[rows])], axis=1)
     d = _l2(d)

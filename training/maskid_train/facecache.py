@@ -6,7 +6,7 @@ Two steps, both outside the repository (e.g. under /work/cache/):
     PYTHONPATH=training python -m maskid_train.facecache chips --faces /work/cache/faces.npz \\
         --model omz-face-reid-0095 --out /work/cache/chips-omz.npy --masked-copies 2
 
-`detect` runs the product's detection (`maskid.recognizer.Recognizer.detect`: tight crops get a
+`detect` runs the product's detection (`maskid.pipeline.recognizer.Recognizer.detect`: tight crops get a
 50% edge-replicated border and, where the cascade finds nothing, ONet scores the whole crop) on
 every image of train/{glint23,celeba,lfw,rmfd} and eval/m2fred, and keeps the largest face. The
 faces file (.npz) holds, per image in a fixed order:
@@ -18,14 +18,14 @@ faces file (.npz) holds, per image in a fixed order:
     from ONet scoring the whole crop), n_faces, height, width; plus n_done / complete (the file
     is rewritten atomically every ~1000 images, and a rerun continues from n_done).
 
-`chips` cuts, for every found face, the chip of one model's contract (`maskid.contract`) exactly
+`chips` cuts, for every found face, the chip of one model's contract (`maskid.networks.contract`) exactly
 as the product does: the image bordered by `pad` (the product cuts chips from the context image
-it detected in), `maskid.align.model_chip_transform` of the landmarks there, then
-`maskid.chip.chip_source` + `maskid.preprocess.warp_batch` as `maskid.embedder.Embedder.prepare`.
+it detected in), `maskid.alignment.similarity.model_chip_transform` of the landmarks there, then
+`maskid.alignment.dlib_chip.chip_source` + `maskid.alignment.warp.warp_batch` as `maskid.networks.embedder.Embedder.prepare`.
 Chips are stored as uint8 N x S x S x 3 **RGB** in a .npy (open it as a memmap) whatever the
 model's colour order and normalisation: the trainer applies those from the contract, which the
 index records. With `--masked-copies K` every unmasked image of train/ also gets K synthetic
-masked copies: `maskid.masks.apply_mask` on the original image at the unmasked landmarks (seeded
+masked copies: `maskid.pipeline.masks.apply_mask` on the original image at the unmasked landmarks (seeded
 by path and copy number, so a rerun gives the same copies), bordered and cut with the unmasked
 face's transform. The index (.npz beside the .npy) holds per chip: source, identity, path,
 masked (real mask), copy (0 = the photo itself, k >= 1 = synthetic masked copy k), face (row in
@@ -33,7 +33,7 @@ the faces file), transform (2x3 chip -> original-image pixels), chip_landmarks (
 contract as JSON metadata.
 
 `load_chips(prefix)` and `split_rows(index, shared_data)` give the trainer the chips and the
-rows of each split (`maskid.splits`: the dev identities of rmfd and lfw are never train rows).
+rows of each split (`maskid.evaluation.splits`: the dev identities of rmfd and lfw are never train rows).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def list_items(
 ) -> dict[str, np.ndarray]:
     """Every image of the given `<train|eval>/<source>` folders, in a fixed (sorted) order
     (the first `limit` of each folder when given)."""
-    from maskid.imageio import IMAGE_SUFFIXES
+    from maskid.io.images import IMAGE_SUFFIXES
 
     src, ident, paths, masked = [], [], [], []
     for folder in sources:
@@ -177,10 +177,10 @@ def _empty_results(n: int) -> dict[str, np.ndarray]:
 
 class _Detection:
     """The product's photo detection (`Recognizer.detect`), noting when the face came from the
-    whole-crop ONet fallback (`Detector.score_boxes`)."""
+    whole-crop ONet fallback (`MtcnnDetector.score_boxes`)."""
 
     def __init__(self, threads: int = 1) -> None:
-        from maskid.recognizer import Recognizer
+        from maskid.pipeline.recognizer import Recognizer
 
         self.rec = Recognizer(None, threads=threads)
         det = self.rec.detector
@@ -196,7 +196,8 @@ class _Detection:
 
     def __call__(self, image: np.ndarray) -> tuple[list[Any], int, bool]:
         self.used_fallback = False
-        faces, _, pad = self.rec.detect(image)
+        found = self.rec.find_faces(image)
+        faces, pad = found.faces, found.border
         return faces, int(pad), self.used_fallback and bool(faces)
 
 
@@ -213,7 +214,7 @@ def detect_all(
     from tqdm import tqdm
 
     from maskid.errors import ImageError
-    from maskid.imageio import load_image
+    from maskid.io.images import load_image
 
     items = list_items(shared_data, sources, limit)
     n = len(items["path"])
@@ -304,9 +305,9 @@ def found_rates(faces: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 def contract_for(model: str) -> tuple[Any, str]:
     """(ModelContract, where it came from) for a registry name or an .onnx path; a name in
     `KNOWN_CONTRACTS` whose ONNX is not available falls back to the contract written here."""
-    from maskid.contract import ModelContract
     from maskid.errors import ModelError
-    from maskid.models import available_models, model_path
+    from maskid.networks.contract import ModelContract
+    from maskid.networks.registry import available_models, model_path
 
     path: Path | None = None
     if model.lower().endswith(".onnx") or Path(model).is_file():
@@ -338,8 +339,8 @@ def context_image(image: np.ndarray, pad: int) -> np.ndarray:
 
 def cut_chip(context: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
     """uint8 S x S x 3 RGB chip, sampled exactly as `Embedder.prepare` does."""
-    from maskid.chip import chip_source
-    from maskid.preprocess import warp_batch
+    from maskid.alignment.dlib_chip import chip_source
+    from maskid.alignment.warp import warp_batch
 
     batch = np.zeros((1, 3, size, size), np.float32)
     source, m_source = chip_source(context, m, size)
@@ -377,9 +378,9 @@ def make_chips(
     """Write `out` (.npy, uint8 N x S x S x 3 RGB) and its index `out.with_suffix('.npz')`."""
     from tqdm import tqdm
 
-    from maskid.align import model_chip_transform
-    from maskid.imageio import load_image
-    from maskid.masks import apply_mask
+    from maskid.alignment.similarity import model_chip_transform
+    from maskid.io.images import load_image
+    from maskid.pipeline.masks import apply_mask
 
     if not bool(faces.get("complete", True)):
         raise ValueError("the faces file is incomplete: finish `detect` first")
@@ -450,8 +451,8 @@ def load_chips(prefix: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(chips, index) for `prefix` (".../chips-omz", with or without .npy/.npz): chips is a
     read-only uint8 N x S x S x 3 RGB memmap; index as written by `make_chips`, plus "label"
     ("<source>/<identity>", identities of different sources never merge) and "contract" parsed
-    into a `maskid.contract.ModelContract`."""
-    from maskid.contract import ModelContract
+    into a `maskid.networks.contract.ModelContract`."""
+    from maskid.networks.contract import ModelContract
 
     p = Path(prefix)
     if p.suffix in (".npy", ".npz"):
@@ -468,10 +469,16 @@ def load_chips(prefix: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 def split_rows(
     index: dict[str, np.ndarray], shared_data: Path, synthetic_eval: bool = False
 ) -> dict[str, np.ndarray]:
-    """Row indices per split (`maskid.splits`): "train" (every copy of the faces of
+    """Row indices per split (`maskid.evaluation.splits`): "train" (every copy of the faces of
     `training_identities`), "rmfd-dev", "lfw-dev", "m2fred-dev", "m2fred-test". The evaluation
     splits hold only the photos themselves (copy 0) unless `synthetic_eval`."""
-    from maskid.splits import identity_dirs, lfw_dev, m2fred_halves, rmfd_dev, training_identities
+    from maskid.evaluation.splits import (
+        identity_dirs,
+        lfw_dev,
+        m2fred_halves,
+        rmfd_dev,
+        training_identities,
+    )
 
     source, identity = index["source"], index["identity"]
     real = index["copy"] == 0 if not synthetic_eval else np.ones(len(source), bool)

@@ -1,10 +1,10 @@
 """An OpenVINO IR network (OMZ face-reidentification-retail-0095) as a trainable PyTorch module.
 
-`IRNet(graph)` interprets the layers of `maskid.irnet.read_ir`'s graph in their topological
+`IRNet(graph)` interprets the layers of `maskid.networks.openvino_ir.read_ir`'s graph in their topological
 order; every constant an operation reads (conv weights, biases, PReLU slopes, the input
 scale/shift the IR folds in front of the first conv, the squeeze-excitation convs) becomes an
 `nn.Parameter` in the IR's own shape, so the network can be fine-tuned and `to_graph()` hands
-the tuned weights back to `maskid.irnet.build_onnx`. Not used at runtime.
+the tuned weights back to `maskid.networks.openvino_ir.build_onnx`. Not used at runtime.
 
 Input: N x 3 x 128 x 128 float32, **BGR** planes of pixel values 0..255 (the chip aligned to
 OMZ's five-point template); output: N x 256 (the IR's 1 x 256 x 1 x 1, flattened; not
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskid.errors import ModelError
-from maskid.irnet.reader import (
+from maskid.networks.openvino_ir.reader import (
     IRGraph,
     IRLayer,
     attr_ints,
@@ -239,7 +239,7 @@ class IRNet(nn.Module):
 
     def to_graph(self) -> IRGraph:
         """The reader's graph with this module's (possibly fine-tuned) weights, for
-        `maskid.irnet.build_onnx`."""
+        `maskid.networks.openvino_ir.build_onnx`."""
         layers = []
         for layer in self.graph.layers:
             if layer.name in self._param:

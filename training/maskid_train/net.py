@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from maskid.dlibnet.torch_net import DlibResNet, load_pretrained
+from maskid_train.dlib_torch import DlibResNet, load_pretrained
 
 EYE_ROW = (0.25 + 0.22) / 1.5  # eye height in a dlib chip with padding 0.25, fraction of side
 GATE_SITES = {"g17": 7, "g8": 10}  # gate applied to the input of this block index

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from maskid.dlibnet.torch_net import DlibResNet, load_pretrained
+from maskid_train.dlib_torch import DlibResNet, load_pretrained
 
 from .evaluate import DevEvaluator, summary_row
 from .losses import CosFace, class_centres
@@ -129,8 +129,8 @@ def build_caches(data: Path, train: Path) -> None:
 
 def export_eye_weights(checkpoint: Path, out: Path) -> Path:
     """Write the trained branch's parameters as fp16 arrays (what differs from dlib's file);
-    `maskid.models` builds the fused ONNX from them and dlib's .dat on first use."""
-    from maskid.dlibnet.torch_net import weight_arrays_of
+    `maskid.networks.registry` builds the fused ONNX from them and dlib's .dat on first use."""
+    from maskid_train.dlib_torch import weight_arrays_of
 
     eye = load_pretrained()
     eye.load_state_dict(torch.load(checkpoint, map_location="cpu")["eye"])

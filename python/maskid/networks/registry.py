@@ -29,7 +29,7 @@ DLIB_DAT = "dlib_face_recognition_resnet_model_v1.dat"
 # builder's own source is hashed into the cache key too: see `_builder_key`).
 CONVERTER_VERSION = "1"
 # The code that builds the converted models: its hash is part of each cached file's name.
-BUILDER_SOURCES = ("dlibnet/reader.py", "dlibnet/onnx_build.py")
+BUILDER_SOURCES = ("dlib/reader.py", "dlib/onnx_build.py")
 BUNDLED_DIR = PACKAGE_DATA / "models"
 # Operating settings per model (cosine threshold, masked copies to enroll) and the default model,
 # written by benchmarks/accuracy.py from its dev-split measurements, never by hand.
@@ -143,7 +143,7 @@ def _converted_dlib(dat: Path) -> Path:
     out = cache_dir() / "models" / f"{DLIB_MODEL}-c{CONVERTER_VERSION}-{_builder_key()}-{key}.onnx"
     if _cached(out):
         return out
-    from maskid.dlibnet import build_onnx, read_dlib_net
+    from maskid.networks.dlib import build_onnx, read_dlib_net
 
     model = build_onnx(read_dlib_net(dat), DLIB_MODEL, f"{CONVERTER_VERSION}+{key}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -169,8 +169,8 @@ def _converted_eyes(dat: Path, name: str = EYES_MODEL, flip: bool = False) -> Pa
     # Building needs numpy, onnx and the dlib reader: imported only when the cache misses.
     import numpy as np
 
-    from maskid.dlibnet.onnx_build import build_fused_onnx
-    from maskid.dlibnet.reader import read_dlib_net, with_weights
+    from maskid.networks.dlib.onnx_build import build_fused_onnx
+    from maskid.networks.dlib.reader import read_dlib_net, with_weights
 
     full = read_dlib_net(dat)
     eye = full

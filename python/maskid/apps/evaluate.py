@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from maskid.errors import ImageError, MaskidError
-from maskid.metrics import IdentificationReport, identification_report, roc_curve
-from maskid.models import sha256_file
-from maskid.recognizer import Recognizer, identity_images, l2_normalize
+from maskid.evaluation.metrics import IdentificationReport, identification_report, roc_curve
+from maskid.networks.registry import sha256_file
+from maskid.pipeline.recognizer import Recognizer, identity_images, l2_normalize
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _enrollment(rec: Recognizer, path: Path) -> np.ndarray | None:
     except MaskidError:
         return None
     seed = int(sha256_file(path)[:8], 16)  # same masks as `maskid enroll` would draw
-    return rec._enrollment_vectors(context, face, seed)
+    return rec.enrollment_vectors(context, face, seed)
 
 
 def _probe(rec: Recognizer, path: Path) -> np.ndarray | None:

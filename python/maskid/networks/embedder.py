@@ -8,10 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from maskid.contract import ModelContract
-from maskid.engine import TENSORRT_SUFFIXES, Engine, OnnxEngine
 from maskid.errors import ModelError
-from maskid.models import DEFAULT_MODEL, available_models, model_path, model_settings, sha256_file
+from maskid.networks.contract import ModelContract
+from maskid.networks.registry import (
+    DEFAULT_MODEL,
+    available_models,
+    model_path,
+    model_settings,
+    sha256_file,
+)
+from maskid.networks.tensorrt import TENSORRT_SUFFIXES, Engine, OnnxEngine
 
 
 def _resolve(name_or_path: str | Path) -> Path:
@@ -32,7 +38,7 @@ class Embedder:
 
     The model takes N x 3 x S x S float32 ("input") and returns N x dim ("descriptor"). What
     it expects of its input (chip size, the template the five landmarks are warped to, colour
-    order, normalisation) is its contract (`maskid.contract`), read from the model's metadata:
+    order, normalisation) is its contract (`maskid.networks.contract`), read from the model's metadata:
     `chip_transform` and `prepare` follow it, so no model is fed another model's chip.
     """
 
@@ -152,7 +158,7 @@ class Embedder:
 
     def chip_transform(self, landmarks5: np.ndarray) -> np.ndarray:
         """(2, 3) chip -> image transform of a face for this model (its own template and size)."""
-        from maskid.align import model_chip_transform
+        from maskid.alignment.similarity import model_chip_transform
 
         return model_chip_transform(landmarks5, self.contract)
 
@@ -192,8 +198,8 @@ class Embedder:
     def prepare(self, image: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
         """The aligned input batch (N x 3 x S x S float32) for `embed_batch`: the "align" stage,
         separate so the camera loop can time it apart from the network."""
-        from maskid.chip import chip_source
-        from maskid.preprocess import warp_batch
+        from maskid.alignment.dlib_chip import chip_source
+        from maskid.alignment.warp import warp_batch
 
         c = self.contract
         # A pixel outside the image is 0 before normalisation, as in the C++ core.

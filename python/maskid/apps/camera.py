@@ -33,11 +33,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from maskid.draw import annotate
+from maskid.apps.draw import annotate
+from maskid.apps.tracker import IouTracker, Track
 from maskid.errors import GalleryError, ImageError, UsageError
-from maskid.recognizer import Recognizer
-from maskid.sources import RateMeter, Status, open_source
-from maskid.tracker import IouTracker, Track
+from maskid.io.video import RateMeter, Status, open_source
+from maskid.pipeline.recognizer import Recognizer
 
 STAGES = ("decode", "detect", "align", "embed", "search")
 
@@ -90,7 +90,7 @@ class FacePipeline:
         self.rec = rec
         self.gallery = rec.gallery()
         if not self.gallery.identities():
-            raise GalleryError(f"gallery {rec.gallery_dir} is empty; enroll someone first")
+            raise GalleryError(f"gallery {rec.gallery_location} is empty; enroll someone first")
         self.threshold = rec.threshold if self.options.threshold is None else self.options.threshold
         self.tracker = IouTracker(
             embed_every=self.options.embed_every,
@@ -111,22 +111,20 @@ class FacePipeline:
         detected = index % self.options.detect_every == 0
         if detected:
             with _timed(timings, "detect"):
-                faces = self.rec.detector.detect(frame)
-            _, dropped = self.tracker.update(faces, index)
+                # Frames are large: a frame with nobody in it is not searched twice.
+                found = self.rec.find_faces(frame, retry_with_border=False)
+            # A small frame may come back bordered: tracks keep frame coordinates.
+            _, dropped = self.tracker.update(found.to_image_coordinates(), index)
             events += [self._event("lost", t, index) for t in dropped if t.reported]
         due = self.tracker.due(index) if detected else []
         if due:
-            embedder = self.rec.embedder
-            with _timed(timings, "align"):
-                batch = embedder.prepare(
-                    frame, [embedder.chip_transform(t.face.landmarks) for t in due]
-                )
-            with _timed(timings, "embed"):
-                descriptors = embedder.embed_batch(batch)
+            faces = [t.face for t in due]
+            descriptors = self.rec.describe(frame, faces, timings)
             with _timed(timings, "search"):
-                results = self.gallery.search(descriptors, k=self.options.top_k)
+                self.rec.match(faces, top_k=self.options.top_k, threshold=self.threshold)
             embedded = []
-            for track, matches, d in zip(due, results, descriptors, strict=True):
+            for track, d in zip(due, descriptors, strict=True):
+                matches = track.face.matches
                 similarity = self.tracker.similarity_to_recent(track, d)
                 if similarity is not None and similarity < self.split_margin:
                     # Someone else at the same spot: the track ends, a new one starts.
@@ -229,7 +227,7 @@ def measure_split_margin(rec: Recognizer, photos: Path | None = None) -> dict[st
     the bundled LFW celebrities): the equal-error point of normal fits to the same-person and
     different-person cosine similarities. Returns the margin with what it was measured on."""
     from maskid.paths import PACKAGE_DATA
-    from maskid.recognizer import identity_images, l2_normalize
+    from maskid.pipeline.recognizer import identity_images, l2_normalize
 
     root = photos or PACKAGE_DATA / "demo" / "celebrities"
     vectors, owners = [], []

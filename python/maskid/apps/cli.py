@@ -18,16 +18,16 @@ from maskid.errors import MaskidError, UsageError
 
 if TYPE_CHECKING:
     from maskid.face import Face
-    from maskid.recognizer import Recognizer
+    from maskid.pipeline.recognizer import Recognizer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 gallery_option = click.option(
     "--gallery",
     "gallery_dir",
-    type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Gallery directory (default: $MASKID_GALLERY, else ~/.local/share/maskid/gallery).",
+    help="Gallery directory, or a gallery server's URI (default: $MASKID_GALLERY, else "
+    "~/.local/share/maskid/gallery).",
 )
 model_option = click.option(
     "--model",
@@ -87,15 +87,15 @@ def main() -> None:
     Start with `maskid demo`; `maskid COMMAND --help` explains each command."""
 
 
-def _recognizer(gallery_dir: Path | None, model: str | None, **kw: Any) -> Recognizer:
-    from maskid.recognizer import Recognizer
+def _recognizer(gallery_dir: str | None, model: str | None, **kw: Any) -> Recognizer:
+    from maskid.pipeline.recognizer import Recognizer
 
     return Recognizer(gallery_dir, model=model, **kw)
 
 
 def _default_setting(key: str) -> str:
     """The default model's shipped setting `key` in words, for --help (read, never typed in)."""
-    from maskid import models
+    from maskid.networks import registry as models
 
     try:
         value = models.model_settings(models.DEFAULT_MODEL)[key]
@@ -133,8 +133,8 @@ def embed(image: Path, aligned: bool, model: str | None, as_json: bool) -> None:
     """Print the descriptor of each face in IMAGE."""
     import numpy as np
 
-    from maskid.embedder import Embedder
-    from maskid.imageio import load_image
+    from maskid.io.images import load_image
+    from maskid.networks.embedder import Embedder
 
     img = load_image(image)
     embedder = Embedder(model) if model else Embedder()
@@ -148,9 +148,9 @@ def embed(image: Path, aligned: bool, model: str | None, as_json: bool) -> None:
         d = embedder.embed_chips(img[None])[0]
         faces.append({"box": [0, 0, size, size], "descriptor": d})
     else:
-        rec = _recognizer(None, model)
-        rec._embedder = embedder
-        found = rec.analyze(img)
+        from maskid.pipeline.recognizer import Recognizer
+
+        found = Recognizer(embedder=embedder).analyze(img)
         if not found:
             from maskid.errors import NoFaceError
 
@@ -172,31 +172,6 @@ def embed(image: Path, aligned: bool, model: str | None, as_json: bool) -> None:
 
 
 # -- gallery management -----------------------------------------------------------------------
-def _clear_gallery(path: Path) -> int:
-    """Delete the gallery files in `path` (even a corrupt gallery's), refusing a directory that
-    holds anything else. Returns how many files were deleted."""
-    from maskid.gallery import _GEN_FILE, LOCK, MANIFEST
-
-    if not path.exists():
-        return 0
-    if not path.is_dir():
-        raise UsageError(f"--force: {path} is a file, not a gallery directory")
-    ours: list[Path] = []
-    other: list[Path] = []
-    for p in path.iterdir():
-        known = p.name in (MANIFEST, LOCK) or _GEN_FILE.match(p.name) or p.name.endswith(".tmp")
-        (ours if known and p.is_file() else other).append(p)
-    if other:
-        raise UsageError(
-            f"--force: {path} holds files that are not a gallery's (such as {other[0].name!r}); "
-            "refusing to delete anything there"
-        )
-    # The manifest first: from then on no reader takes the directory for a gallery.
-    for p in sorted(ours, key=lambda q: q.name != MANIFEST):
-        p.unlink(missing_ok=True)
-    return len(ours)
-
-
 @main.command()
 @click.argument("dataset", type=click.Path(path_type=Path))
 @gallery_option
@@ -206,24 +181,26 @@ def _clear_gallery(path: Path) -> int:
     is_flag=True,
     help="Delete the gallery at --gallery first (also a corrupt one) and build it anew.",
 )
-def build(dataset: Path, gallery_dir: Path | None, model: str | None, force: bool) -> None:
+def build(dataset: Path, gallery_dir: str | None, model: str | None, force: bool) -> None:
     """Add every photo of DATASET/<name>/* to the gallery.
 
     One sub-folder per person; re-runs add only new photos. --force rebuilds from scratch."""
     rec = _recognizer(gallery_dir, model)
     if force:
-        from maskid.recognizer import identity_images
+        from maskid.pipeline.recognizer import identity_images
 
         identity_images(dataset)  # a wrong DATASET must not cost the old gallery
-        if _clear_gallery(rec.gallery_dir):
-            click.echo(f"--force: deleted the gallery at {rec.gallery_dir}", err=True)
+        from maskid.gallery import delete_gallery
+
+        if delete_gallery(rec.gallery_location):
+            click.echo(f"--force: deleted the gallery at {rec.gallery_location}", err=True)
     report = rec.build(dataset, progress=_progress("build"))
     for path in report.no_face:
         click.echo(f"skipped (no face): {path}", err=True)
     for path in report.unreadable:
         click.echo(f"skipped (unreadable): {path}", err=True)
     click.echo(
-        f"gallery {rec.gallery_dir}: added {report.added} photos, "
+        f"gallery {rec.gallery_location}: added {report.added} photos, "
         f"{report.skipped_known} already present, {len(report.no_face)} without a face, "
         f"{len(report.unreadable)} unreadable; {report.identities} identities"
     )
@@ -237,9 +214,7 @@ def _refuse_duplicates(rec: Recognizer, name: str, images: tuple[Path, ...]) -> 
     """UsageError if a photo's face is already enrolled under another name (cosine >
     SAME_PHOTO_COSINE: the same photo). Photos that fail here fail again, and are reported, in
     `enroll` itself."""
-    from maskid.gallery import Gallery
-
-    if not Gallery.exists(rec.gallery_dir):
+    if not rec.gallery_exists():
         return
     gallery = rec.gallery()
     if not gallery.identities():
@@ -272,7 +247,7 @@ def _refuse_duplicates(rec: Recognizer, name: str, images: tuple[Path, ...]) -> 
 def enroll(
     name: str,
     images: tuple[Path, ...],
-    gallery_dir: Path | None,
+    gallery_dir: str | None,
     model: str | None,
     allow_duplicate: bool,
 ) -> None:
@@ -280,11 +255,11 @@ def enroll(
 
     No retraining. Under a name already enrolled, the photos are added to that person; a photo
     already enrolled under another name is refused (--allow-duplicate)."""
-    from maskid.gallery import Gallery, validate_name
+    from maskid.gallery import validate_name
 
     name = validate_name(name)
     rec = _recognizer(gallery_dir, model)
-    before = rec.identities().get(name, 0) if Gallery.exists(rec.gallery_dir) else 0
+    before = rec.identities().get(name, 0) if rec.gallery_exists() else 0
     if not allow_duplicate:
         _refuse_duplicates(rec, name, images)
     n = rec.enroll(name, images)
@@ -294,15 +269,15 @@ def enroll(
         per_photo = 1 + rec.mask_copies
         now = rec.identities()[name]
         total = f"now {now // per_photo}" if now % per_photo == 0 else f"now {now} descriptors"
-        click.echo(f"added {photos} to {name!r} ({total}) in {rec.gallery_dir}")
+        click.echo(f"added {photos} to {name!r} ({total}) in {rec.gallery_location}")
     else:
-        click.echo(f"enrolled {name!r} from {photos} into {rec.gallery_dir}")
+        click.echo(f"enrolled {name!r} from {photos} into {rec.gallery_location}")
 
 
 @main.command()
 @click.argument("name")
 @gallery_option
-def remove(name: str, gallery_dir: Path | None) -> None:
+def remove(name: str, gallery_dir: str | None) -> None:
     """Remove person NAME from the gallery."""
     rec = _recognizer(gallery_dir, None)
     n = rec.remove(name)
@@ -311,13 +286,13 @@ def remove(name: str, gallery_dir: Path | None) -> None:
 
 @main.command(name="list")
 @gallery_option
-def list_identities(gallery_dir: Path | None) -> None:
+def list_identities(gallery_dir: str | None) -> None:
     """List the people in the gallery and their descriptor counts."""
     rec = _recognizer(gallery_dir, None)
     ids = rec.identities()
     for name, count in sorted(ids.items()):
         click.echo(f"{name}\t{count}")
-    click.echo(f"{len(ids)} identities in {rec.gallery_dir}", err=True)
+    click.echo(f"{len(ids)} identities in {rec.gallery_location}", err=True)
 
 
 @main.command()
@@ -325,8 +300,8 @@ def models() -> None:
     """List the embedders: chip, threshold, copies, licence (* = default)."""
     import onnx
 
-    from maskid import models as zoo
-    from maskid.contract import ModelContract
+    from maskid.networks import registry as zoo
+    from maskid.networks.contract import ModelContract
 
     for name in zoo.available_models():
         mark = "*" if name == zoo.DEFAULT_MODEL else " "
@@ -421,7 +396,7 @@ def face_line(face: Face, threshold: float) -> str:
 
 
 def _check_image_out(out: Path | None) -> None:
-    from maskid.draw import can_write_image
+    from maskid.apps.draw import can_write_image
 
     if out is not None and not can_write_image(out):
         raise UsageError(
@@ -436,12 +411,12 @@ def _recognize(
     threshold: float | None,
     as_json: bool,
     out: Path | None,
-    gallery_dir: Path | None,
+    gallery_dir: str | None,
     model: str | None,
 ) -> None:
-    from maskid.draw import annotate, default_annotation_path, write_image
+    from maskid.apps.draw import annotate, default_annotation_path, write_image
     from maskid.errors import NoFaceError
-    from maskid.imageio import load_image
+    from maskid.io.images import load_image
 
     _check_image_out(out)  # before any model is loaded
     rec = _recognizer(gallery_dir, model, threshold=threshold)
@@ -552,9 +527,9 @@ def evaluate(
 
     Open-set identification: rank-1/5, TAR at FAR 1e-3 and 1e-2, EER, and FAR/FRR at the
     model's shipped threshold (or --threshold)."""
-    from maskid.evaluate import evaluate_folders, write_plots
-    from maskid.metrics import threshold_at_far
-    from maskid.recognizer import Recognizer
+    from maskid.apps.evaluate import evaluate_folders, write_plots
+    from maskid.evaluation.metrics import threshold_at_far
+    from maskid.pipeline.recognizer import Recognizer
 
     rec = Recognizer(None, model=model, mask_copies=mask_copies)
     shipped = threshold is None
@@ -637,7 +612,7 @@ def demo(out_dir: Path | None, model: str | None, as_json: bool) -> None:
     On bundled photos, offline: builds a small celebrity gallery, enrolls a newcomer from one
     unmasked photo and recognizes a photo of them wearing a real mask; prints the identity,
     score and threshold, and writes the annotated picture."""
-    from maskid.demo import run_demo
+    from maskid.apps.demo import run_demo
 
     created = _created_note(out_dir / "x") if out_dir is not None else ""
     result = run_demo(out_dir, model=model, echo=lambda line: click.echo(line, err=as_json))
@@ -713,7 +688,7 @@ def demo(out_dir: Path | None, model: str | None, as_json: bool) -> None:
 )
 def camera(
     source: str,
-    gallery_dir: Path | None,
+    gallery_dir: str | None,
     model: str | None,
     threshold: float | None,
     output: Path | None,
@@ -731,7 +706,7 @@ def camera(
 
     It runs until the stream ends; it stops at the end of a file or folder, on q/Esc in the window, Ctrl-C or SIGTERM; live
     sources are reopened when they drop."""
-    from maskid.camera import CameraOptions, run_camera
+    from maskid.apps.camera import CameraOptions, run_camera
 
     if output is not None and output.suffix.lower() not in (".mp4", ".avi"):
         raise UsageError(f"--output {output}: record to a .mp4 or .avi file")
@@ -767,7 +742,7 @@ def backends() -> None:
     """Report the C++ core, CUDA, TensorRT and ONNX Runtime support.
 
     What this installation can run on: the compiled parts and the ONNX Runtime providers."""
-    from maskid.preprocess import backends as probe
+    from maskid.alignment.warp import backends as probe
 
     for key, value in probe().items():
         click.echo(f"{key}: {value}")

@@ -26,9 +26,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import ImageError, ModelError
-from .face import Face
-from .paths import PACKAGE_DATA
+from maskid.errors import ImageError, ModelError
+from maskid.face import Face
+from maskid.paths import PACKAGE_DATA
 
 DETECTOR_DIR = PACKAGE_DATA / "detector"
 
@@ -145,7 +145,7 @@ class _Pyramid:
         return out.transpose(0, 3, 1, 2).astype(np.float32)
 
 
-class Detector:
+class MtcnnDetector:
     """MTCNN face detector returning `Face`s (box, score, 5 landmarks), largest face first.
 
     Args:
@@ -197,7 +197,7 @@ class Detector:
 
     def __repr__(self) -> str:
         return (
-            f"Detector(min_face_size={self.min_face_size:g}, thresholds={self.thresholds}, "
+            f"MtcnnDetector(min_face_size={self.min_face_size:g}, thresholds={self.thresholds}, "
             f"score_threshold={self.score_threshold:g}, max_side={self.max_side})"
         )
 
@@ -346,11 +346,11 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def _session(path: Path, threads: int, providers: Sequence[str] | None) -> Any:
-    """The process's session for one MTCNN stage (options: see maskid.engine, where they were
+    """The process's session for one MTCNN stage (options: see maskid.networks.tensorrt, where they were
     chosen by measurement; the three nets differ by < 1 ms between optimisation levels)."""
     import onnxruntime as ort
 
-    from .engine import GRAPH_OPTIMIZATION, shared_session
+    from maskid.networks.tensorrt import GRAPH_OPTIMIZATION, shared_session
 
     if not path.is_file():
         raise ModelError(f"detector model missing: {path}")

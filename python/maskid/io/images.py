@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from maskid.errors import ImageError
 
 MAX_PIXELS = 100_000_000  # 100 MP: larger files are refused as possible decompression bombs
 # File names taken as photos when scanning folders (datasets, folder video sources).

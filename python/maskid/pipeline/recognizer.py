@@ -1,12 +1,17 @@
-"""The pipeline: detect -> align -> embed -> match, over one gallery.
+"""The pipeline: find faces -> describe (align + embed) -> match, over one gallery.
 
-Every stage writes onto the `Face` records (insightface's stage protocol), so a caller can stop
-after any stage: `analyze()` gives descriptors, `recognize()` adds identities and scores.
+The Recognizer is the one pipeline: the CLI, the camera loop, `maskid eval`, the benchmarks and
+training all call its public steps (`find_faces`, `describe`, `match`, `enrollment_vectors`) and
+take its stages from the caller when they need their own (`detector=`, `embedder=`,
+`gallery=`). Every step writes onto the `Face` records (insightface's stage protocol), so a
+caller can stop after any of them: `analyze()` gives descriptors, `recognize()` adds identities.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,22 +21,19 @@ import numpy as np
 
 from maskid.errors import ImageError, MaskidError, NoFaceError
 from maskid.face import Face, Match, iou
-from maskid.models import sha256_file
+from maskid.networks.registry import sha256_file
 
 # The stages (onnxruntime, OpenCV, hnswlib, PIL) load only when used: `maskid list` and
 # `maskid remove` need none of them.
 if TYPE_CHECKING:
-    from maskid.detect import Detector
-    from maskid.embedder import Embedder
+    from maskid.detection import FaceDetector
     from maskid.gallery import Gallery
+    from maskid.networks.embedder import Embedder
 
 ImageInput = str | Path | np.ndarray
 
-# Images whose shorter side is at most this many pixels are treated as tight face crops.
-SMALL_IMAGE = 400
-
-# Enrollment's synthetically masked copies (see `Recognizer._enrollment_vectors`): where the mask
-# sits (`maskid.masks.apply_mask`'s raise_top/widen), and whether a copy is aligned from a
+# Enrollment's synthetically masked copies (see `Recognizer.enrollment_vectors`): where the mask
+# sits (`maskid.pipeline.masks.apply_mask`'s raise_top/widen), and whether a copy is aligned from a
 # detection on the masked image (as a real masked probe is) or with the unmasked photo's chip.
 COPY_RAISE_TOP = 0.0
 COPY_WIDEN = 0.0
@@ -41,7 +43,7 @@ COPY_MIN_IOU = 0.4
 
 def identity_images(root: Path, pattern: str = "*") -> list[tuple[str, Path]]:
     """(identity, image path) for every image matching `pattern` in root/<identity>/."""
-    from maskid.imageio import IMAGE_SUFFIXES
+    from maskid.io.images import IMAGE_SUFFIXES
 
     if not root.is_dir():
         raise ImageError(f"{root}: not a directory of identity folders")
@@ -63,6 +65,31 @@ def l2_normalize(v: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class FoundFaces:
+    """`find_faces`' result: the faces (largest first) in the coordinates of `source`, which is
+    the image itself or, for a tight crop, the image with a `border` of edge-replicated pixels
+    (chips are cut from `source`, so the border's context helps alignment too)."""
+
+    faces: list[Face]
+    source: np.ndarray
+    border: int = 0
+
+    def to_image_coordinates(self) -> list[Face]:
+        """The faces with boxes, landmarks and chip transforms shifted into the input image's
+        own pixel coordinates (a no-op without a border)."""
+        if self.border:
+            b = self.border
+            shift = np.array([[0, 0, b], [0, 0, b]], dtype=np.float64)
+            for f in self.faces:
+                f.box = f.box - b
+                f.landmarks = f.landmarks - b
+                if f.chip_transform is not None:
+                    f.chip_transform = f.chip_transform - shift
+            self.border = 0
+        return self.faces
+
+
+@dataclass
 class BuildReport:
     added: int = 0
     skipped_known: int = 0
@@ -81,42 +108,56 @@ class Recognizer:
 
     def __init__(
         self,
-        gallery: str | Path | None = None,
+        gallery: str | os.PathLike[str] | Gallery | None = None,
         model: str | None = None,
         threshold: float | None = None,
         mask_copies: int | None = None,
         threads: int | None = None,
-        detector: Detector | None = None,
+        detector: FaceDetector | None = None,
         embedder: Embedder | None = None,
     ) -> None:
-        """`detector`/`embedder`: stages built by the caller (e.g. with their own thread counts,
-        or shared between recognizers); by default they are built on first use."""
-        from maskid import models
-        from maskid.paths import default_gallery_dir
+        """gallery: where the gallery lives (a directory, or a URI its backend understands; the
+            default directory when None), or an open gallery object.
+        model: the embedder by name or path (the shipped default when None).
+        threshold, mask_copies: override the model's measured operating settings.
+        threads: CPU threads per model (None: each model's default).
+        detector, embedder: stages built by the caller (with their own settings, or shared
+            between recognizers); by default they are built on first use.
+        """
+        from maskid.networks import registry as models
+        from maskid.paths import default_gallery
 
-        self.gallery_dir = Path(gallery) if gallery is not None else default_gallery_dir()
+        self._gallery: Gallery | None = None
+        self._gallery_checked = False  # whether _gallery was checked against the embedder
+        if gallery is None:
+            self.gallery_location: str | Path = default_gallery()
+        elif isinstance(gallery, str | os.PathLike):
+            from maskid.gallery import as_location
+
+            self.gallery_location = as_location(gallery)
+        else:
+            self._gallery = gallery
+            self.gallery_location = str(getattr(gallery, "location", "<gallery object>"))
         self.model_name = embedder.name if embedder is not None else model or models.DEFAULT_MODEL
         self._threshold = threshold
         self._mask_copies = mask_copies
-        self.threads = threads  # CPU threads per model (None: each model's default)
-        self._detector: Detector | None = detector
+        self.threads = threads
+        self._detector: FaceDetector | None = detector
         self._embedder: Embedder | None = embedder
-        self._gallery: Gallery | None = None
-        self._gallery_checked = False  # whether _gallery was checked against the embedder
 
     # -- stages ---------------------------------------------------------------------------
     @property
-    def detector(self) -> Detector:
+    def detector(self) -> FaceDetector:
         if self._detector is None:
-            from maskid.detect import Detector
+            from maskid.detection import default_detector
 
-            self._detector = Detector() if self.threads is None else Detector(threads=self.threads)
+            self._detector = default_detector(self.threads)
         return self._detector
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            from maskid.embedder import Embedder
+            from maskid.networks.embedder import Embedder
 
             self._embedder = Embedder(self.model_name, threads=self.threads)
         return self._embedder
@@ -130,90 +171,105 @@ class Recognizer:
 
     @property
     def mask_copies(self) -> int:
-        """Synthetically masked copies enrolled beside each photo (see maskid.masks)."""
+        """Synthetically masked copies enrolled beside each photo (see maskid.pipeline.masks)."""
         if self._mask_copies is not None:
             return self._mask_copies
         return int(self.embedder.enroll_mask_copies)
 
+    # -- the steps ------------------------------------------------------------------------
     def load(self, image: ImageInput) -> np.ndarray:
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
                 raise ImageError("image array must be uint8 HxWx3 RGB")
             return image
-        from maskid.imageio import load_image
+        from maskid.io.images import load_image
 
         return load_image(image)
 
-    def detect(self, image: np.ndarray) -> tuple[list[Face], np.ndarray, int]:
-        """Faces (largest first), the image the chips should come from, and its border.
+    def find_faces(self, image: np.ndarray, retry_with_border: bool = True) -> FoundFaces:
+        """Detect the faces of an RGB image, tight face crops included (see
+        `maskid.detection.tight_crops`). `retry_with_border=False` skips the second search of a
+        large image where nothing was found (a camera frame with nobody in it)."""
+        from maskid.detection.tight_crops import find_faces
 
-        Tight face crops leave the detector no context: small images are searched with a 50%
-        edge-replicated border (and any image where nothing was found is tried again so), and
-        the chips are then cut from the bordered image, as dlib's reference pipeline does.
-        Returned boxes and landmarks are in the coordinates of the bordered image.
-        """
-        import cv2
+        faces, source, border = find_faces(self.detector, image, retry_with_border)
+        return FoundFaces(faces, source, border)
 
-        h, w = image.shape[:2]
-        if min(h, w) > SMALL_IMAGE:
-            faces = self.detector.detect(image)
-            if faces:
-                return faces, image, 0
-        pad = max(h, w) // 2
-        padded = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        faces = self.detector.detect(padded)
-        if not faces and max(h, w) <= SMALL_IMAGE:
-            # A tight crop is itself the face box: let ONet score it directly (it recovers most
-            # masked crops the cascade's early stages reject), at the crop's size and a bit less.
-            cx, cy = pad + w / 2, pad + h / 2
-            boxes = [[cx - s, cy - s, cx + s, cy + s] for s in (max(h, w) / 2, 0.45 * max(h, w))]
-            faces = self.detector.score_boxes(padded, np.array(boxes))[:1]
-        return faces, padded, pad
+    def describe(
+        self,
+        image: np.ndarray,
+        faces: Sequence[Face],
+        timings: dict[str, float] | None = None,
+    ) -> np.ndarray:
+        """Align and embed `faces` of `image` in one batch, each warped to the embedder's own
+        chip geometry (its contract); writes `chip_transform` and `descriptor` on each face.
 
-    def embed(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
-        """Align and embed `faces` of `image` in one batch; writes `chip_transform`/`descriptor`.
-
-        Each face is warped to the embedder's own chip geometry (its contract)."""
+        timings: if given, gets the milliseconds spent in "align" and "embed" added to it."""
+        embedder = self.embedder
         if not faces:
-            return np.zeros((0, self.embedder.dim), np.float32)
-        transforms = [self.embedder.chip_transform(f.landmarks) for f in faces]
-        descriptors = self.embedder.embed_image(image, transforms)
+            return np.zeros((0, embedder.dim), np.float32)
+        t0 = time.perf_counter()
+        transforms = [embedder.chip_transform(f.landmarks) for f in faces]
+        batch = embedder.prepare(image, transforms)
+        t1 = time.perf_counter()
+        descriptors = embedder.embed_batch(batch)
+        if timings is not None:
+            timings["align"] = timings.get("align", 0.0) + (t1 - t0) * 1000
+            timings["embed"] = timings.get("embed", 0.0) + (time.perf_counter() - t1) * 1000
         for f, m, d in zip(faces, transforms, descriptors, strict=True):
             f.chip_transform = m
             f.descriptor = d
         return descriptors
 
-    def analyze_in_context(self, image: np.ndarray) -> tuple[list[Face], np.ndarray]:
-        """Detect and embed; faces are in the coordinates of the returned (maybe bordered) image."""
-        faces, source, _ = self.detect(image)
-        self.embed(source, faces)
-        return faces, source
+    def match(
+        self, faces: Sequence[Face], top_k: int = 5, threshold: float | None = None
+    ) -> list[Face]:
+        """Search the gallery for each described face: writes `matches` (best first),
+        `match_score`, and `identity` (None below the threshold)."""
+        faces = list(faces)
+        if not faces:
+            return faces
+        gallery = self.gallery()
+        t = self.threshold if threshold is None else threshold
+        if any(f.descriptor is None for f in faces):
+            raise ValueError("describe the faces before matching them")
+        queries = np.stack([f.descriptor for f in faces if f.descriptor is not None])
+        results: list[list[Match]] = gallery.search(queries, k=top_k)
+        for f, matches in zip(faces, results, strict=True):
+            f.matches = matches
+            best = matches[0] if matches else None
+            f.match_score = best.score if best else None
+            f.identity = best.identity if best and best.score >= t else None
+        return faces
+
+    def analyze_in_context(self, image: np.ndarray) -> FoundFaces:
+        """Find and describe; faces stay in the coordinates of the (maybe bordered) source."""
+        found = self.find_faces(image)
+        self.describe(found.source, found.faces)
+        return found
 
     def analyze(self, image: ImageInput) -> list[Face]:
-        """Detect every face (largest first) and compute its descriptor.
+        """Find every face (largest first) and compute its descriptor.
 
         Boxes, landmarks and chip transforms are in the pixel coordinates of `image`.
         """
-        img = self.load(image)
-        faces, source, pad = self.detect(img)
-        self.embed(source, faces)
-        if pad:
-            shift = np.array([[0, 0, pad], [0, 0, pad]], dtype=np.float64)
-            for f in faces:
-                f.box = f.box - pad
-                f.landmarks = f.landmarks - pad
-                if f.chip_transform is not None:
-                    f.chip_transform = f.chip_transform - shift
-        return faces
+        return self.analyze_in_context(self.load(image)).to_image_coordinates()
+
+    def recognize(
+        self, image: ImageInput, top_k: int = 5, threshold: float | None = None
+    ) -> list[Face]:
+        """Identify every face in the image: `identity` is None below the threshold."""
+        self.gallery()  # a missing or mismatched gallery is an error before any work
+        return self.match(self.analyze(image), top_k, threshold)
 
     # -- gallery --------------------------------------------------------------------------
     def gallery(self, create: bool = False) -> Gallery:
         """The gallery, checked to hold this recognizer's embedder's descriptors."""
-        from maskid.gallery import Gallery
+        from maskid.gallery import open_gallery
 
         if self._gallery is None or (create and not self._gallery_exists()):
-            self._gallery = Gallery.open(
-                self.gallery_dir,
+            self._gallery = open_gallery(
+                self.gallery_location,
                 embedder_id=self.embedder.model_id,
                 dim=self.embedder.dim,
                 create=create,
@@ -223,47 +279,51 @@ class Recognizer:
         self._gallery_checked = True
         return self._gallery
 
+    def gallery_exists(self) -> bool:
+        return self._gallery is not None or self._gallery_exists()
+
     def _gallery_any_model(self) -> Gallery:
         """The gallery for what does not depend on the model (removing a name): opened without
         building the embedder (no ONNX Runtime) to check it against the gallery's metadata."""
-        from maskid.gallery import Gallery
+        from maskid.gallery import open_gallery
 
         if self._gallery is None:
-            self._gallery = Gallery.open(self.gallery_dir)
+            self._gallery = open_gallery(self.gallery_location)
             self._gallery_checked = False
         return self._gallery
 
     def _gallery_exists(self) -> bool:
-        from maskid.gallery import Gallery
+        from maskid.gallery import gallery_exists
 
-        return Gallery.exists(self.gallery_dir)
+        return gallery_exists(self.gallery_location)
 
-    def _enrollment_vectors(self, image: np.ndarray, face: Face, seed: int) -> np.ndarray:
-        """The face's descriptor plus those of synthetically masked copies of it."""
+    # -- enrollment -----------------------------------------------------------------------
+    def enrollment_vectors(self, image: np.ndarray, face: Face, seed: int) -> np.ndarray:
+        """The described face's descriptor plus those of `mask_copies` synthetically masked
+        copies of it (random styles and colours drawn from `seed`, so a re-run enrolls the same
+        copies). `image` is the source the face was found in (`FoundFaces.source`)."""
         if face.descriptor is None or face.chip_transform is None:
-            raise ValueError("embed the face before enrolling it")
+            raise ValueError("describe the face before enrolling it")
         vectors = [face.descriptor]
-        transform = face.chip_transform
         if self.mask_copies > 0:
-            from maskid.masks import apply_mask
+            from maskid.pipeline.masks import apply_mask
 
-            # Random styles/colours, seeded by the photo so a re-run enrolls the same copies.
             rng = np.random.default_rng(seed)
             for _ in range(self.mask_copies):
                 m = apply_mask(
                     image, face.landmarks, rng=rng, raise_top=COPY_RAISE_TOP, widen=COPY_WIDEN
                 )
-                t = self._copy_transform(m, face) if COPY_REDETECT else transform
+                t = self.copy_transform(m, face) if COPY_REDETECT else face.chip_transform
                 vectors.append(self.embedder.embed_image(m, [t])[0])
         return np.stack(vectors)
 
-    def _copy_transform(self, masked: np.ndarray, face: Face) -> np.ndarray:
+    def copy_transform(self, masked: np.ndarray, face: Face) -> np.ndarray:
         """The chip transform of a synthetically masked copy of `face`, aligned as a real masked
         probe is: from the landmarks the detector finds on the masked image (the detection whose
         box overlaps `face.box` most, IoU >= `COPY_MIN_IOU`); `face`'s own transform if none.
 
-        `masked` is in the coordinates `face` was detected in (`enroll_face`'s context image,
-        already bordered for a tight crop, as a probe's image is before detection)."""
+        `masked` is in the coordinates `face` was found in (the source image, already bordered
+        for a tight crop, as a probe's image is before detection)."""
         assert face.chip_transform is not None
         best, best_iou = None, COPY_MIN_IOU
         for f in self.detector.detect(masked):
@@ -273,14 +333,15 @@ class Recognizer:
         return face.chip_transform if best is None else self.embedder.chip_transform(best.landmarks)
 
     def enroll_face(self, image: np.ndarray) -> tuple[Face, np.ndarray]:
-        """The single face of an enrollment photo (several faces is an error: whose is it?),
-        with the image it is located in (see `analyze_in_context`)."""
-        faces, source = self.analyze_in_context(image)
+        """The single described face of an enrollment photo (several faces is an error: whose
+        is it?), with the source image it was found in (see `analyze_in_context`)."""
+        found = self.analyze_in_context(image)
+        faces = found.faces
         if not faces:
             raise NoFaceError("no face found")
         if len(faces) > 1 and faces[1].size > 0.25 * faces[0].size:
             raise NoFaceError(f"{len(faces)} faces found; enroll from a photo of one person")
-        return faces[0], source
+        return faces[0], found.source
 
     def enroll(self, name: str, images: Iterable[ImageInput]) -> int:
         """Add a person from one or more photos; returns the number of photos enrolled."""
@@ -292,7 +353,7 @@ class Recognizer:
                 raise NoFaceError(f"{_label(image)}: {e}") from None
             source = _source(image)
             seed = int(source["sha256"][:8], 16)
-            items.append((self._enrollment_vectors(context, face, seed), source))
+            items.append((self.enrollment_vectors(context, face, seed), source))
         gallery = self.gallery(create=True)
         with gallery.batch() as batch:
             for vectors, source in items:
@@ -308,27 +369,9 @@ class Recognizer:
         loaded unless the gallery is already open)."""
         if self._gallery is not None:
             return dict(self._gallery.identities())
-        from maskid.gallery import Gallery
+        from maskid.gallery import read_identities
 
-        return Gallery.read_identities(self.gallery_dir)[0]
-
-    def recognize(
-        self, image: ImageInput, top_k: int = 5, threshold: float | None = None
-    ) -> list[Face]:
-        """Identify every face in the image: `identity` is None below the threshold."""
-        gallery = self.gallery()
-        faces = self.analyze(image)
-        if not faces:
-            return faces
-        t = self.threshold if threshold is None else threshold
-        queries = np.stack([f.descriptor for f in faces if f.descriptor is not None])
-        results: list[list[Match]] = gallery.search(queries, k=top_k)
-        for f, matches in zip(faces, results, strict=True):
-            f.matches = matches
-            best = matches[0] if matches else None
-            f.match_score = best.score if best else None
-            f.identity = best.identity if best and best.score >= t else None
-        return faces
+        return read_identities(self.gallery_location)
 
     def build(
         self,
@@ -348,16 +391,17 @@ class Recognizer:
                     report.skipped_known += 1
                     continue
                 try:
-                    faces, context = self.analyze_in_context(self.load(path))
+                    found = self.analyze_in_context(self.load(path))
                 except MaskidError:
                     report.unreadable.append(str(path))
                     continue
+                faces, context = found.faces, found.source
                 if not faces:
                     report.no_face.append(str(path))
                     continue
                 # Dataset photos often show bystanders: the largest face is the subject.
                 seed = int(source["sha256"][:8], 16)
-                vectors = self._enrollment_vectors(context, faces[0], seed)
+                vectors = self.enrollment_vectors(context, faces[0], seed)
                 batch.add(name, vectors, [source] * len(vectors))
                 report.added += 1
         report.identities = len(gallery.identities())

@@ -52,10 +52,10 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> DemoResult:
     """Run the demo into `out_dir` (default: the cache), telling the story through `echo`."""
-    from maskid.draw import annotate, side_by_side, write_image
-    from maskid.imageio import load_image
+    from maskid.apps.draw import annotate, side_by_side, write_image
+    from maskid.io.images import load_image
     from maskid.paths import cache_dir
-    from maskid.recognizer import Recognizer
+    from maskid.pipeline.recognizer import Recognizer
 
     start = time.perf_counter()
     out = Path(out_dir) if out_dir else cache_dir() / "demo"

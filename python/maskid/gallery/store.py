@@ -999,6 +999,29 @@ class Gallery:
             self._close_sources_fd()
 
 
+def delete_gallery_files(path: Path) -> int:
+    """Delete the gallery files in `path` (even a corrupt gallery's), refusing a directory that
+    holds anything else. Returns how many files were deleted."""
+    if not path.exists():
+        return 0
+    if not path.is_dir():
+        raise UsageError(f"{path} is a file, not a gallery directory")
+    ours: list[Path] = []
+    other: list[Path] = []
+    for p in path.iterdir():
+        known = p.name in (MANIFEST, LOCK) or _GEN_FILE.match(p.name) or p.name.endswith(".tmp")
+        (ours if known and p.is_file() else other).append(p)
+    if other:
+        raise UsageError(
+            f"{path} holds files that are not a gallery's (such as {other[0].name!r}); "
+            "refusing to delete anything there"
+        )
+    # The manifest first: from then on no reader takes the directory for a gallery.
+    for p in sorted(ours, key=lambda q: q.name != MANIFEST):
+        p.unlink(missing_ok=True)
+    return len(ours)
+
+
 def _check_manifest(m: object, mpath: Path) -> dict[str, Any]:
     """The manifest if it is one this version understands, else GalleryError saying why."""
     if not isinstance(m, dict) or m.get("magic") != MAGIC:

@@ -22,7 +22,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from maskid.errors import ModelError
-from maskid.irnet.reader import IRGraph, IRLayer, attr_ints, conv_weight, prelu_slope_shape
+from maskid.networks.openvino_ir.reader import (
+    IRGraph,
+    IRLayer,
+    attr_ints,
+    conv_weight,
+    prelu_slope_shape,
+)
 
 OPSET = 17
 IR_VERSION = 8  # readable by onnxruntime >= 1.14

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from maskid.dlibnet.reader import AddPrev, Affine, Conv, DlibNet, Fc, Pool, Relu, Skip, Tag
 from maskid.errors import ModelError
+from maskid.networks.dlib.reader import AddPrev, Affine, Conv, DlibNet, Fc, Pool, Relu, Skip, Tag
 
 OPSET = 17
 CHIP_PADDING = 0.25  # dlib's get_face_chip(img, shape, 150, 0.25) for this network

@@ -10,7 +10,7 @@ Keys (all strings; JSON where structured):
   input_size        chip side S (JSON int, or [S, S] as the dlib port writes it)
   chip_geometry     "similarity": least-squares similarity of `chip_template` onto the landmarks,
                     sampled bilinearly (insightface's norm_crop, OMZ's alignment);
-                    "dlib": dlib's get_face_chip geometry (maskid.align.chip_transform), with
+                    "dlib": dlib's get_face_chip geometry (maskid.alignment.similarity.chip_transform), with
                     `chip_padding` (0.25)
   chip_template     JSON 5 x [x, y], fractions of S, in maskid's landmark order (left_eye,
                     right_eye, nose, mouth_left, mouth_right; "left" = smaller x in the image)
@@ -105,7 +105,7 @@ class ModelContract:
         """Read a contract from ONNX metadata_props. Models written before the contract existed
         (the dlib port, maskid-eyes-v1, trained exports) have no `chip_geometry`: they are dlib
         geometry, RGB, normalised inside the graph."""
-        from maskid.align import TEMPLATE
+        from maskid.alignment.similarity import TEMPLATE
 
         name = meta.get("model_name") or fallback_name
         try:

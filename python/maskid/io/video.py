@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from maskid.errors import ImageError, UsageError
-from maskid.imageio import IMAGE_SUFFIXES, load_image
+from maskid.io.images import IMAGE_SUFFIXES, load_image
 
 LIVE_KINDS = ("csi", "v4l2", "stream", "gstreamer")
 

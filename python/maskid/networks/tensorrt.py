@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from maskid import _core
+import maskid._core as _core
 from maskid.errors import ModelError
 
 ONNX_SUFFIXES = (".onnx",)

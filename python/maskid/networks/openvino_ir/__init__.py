@@ -5,7 +5,7 @@ graph and .bin weights and rebuilt as ONNX / PyTorch.
 fine-tuning lives in training/maskid_train/irnet_torch.py (imports torch).
 """
 
-from maskid.irnet.onnx_build import build_onnx
-from maskid.irnet.reader import IRGraph, IRLayer, read_ir
+from maskid.networks.openvino_ir.onnx_build import build_onnx
+from maskid.networks.openvino_ir.reader import IRGraph, IRLayer, read_ir
 
 __all__ = ["IRGraph", "IRLayer", "build_onnx", "read_ir"]

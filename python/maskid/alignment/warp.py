@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from maskid import _core
+import maskid._core as _core
 
 CHIP_SIZE = 150
 

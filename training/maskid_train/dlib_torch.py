@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskid.dlibnet.reader import (
+from maskid.errors import ModelError
+from maskid.networks.dlib.reader import (
     AddPrev,
     Affine,
     Conv,
@@ -28,7 +29,6 @@ from maskid.dlibnet.reader import (
     Tag,
     read_dlib_net,
 )
-from maskid.errors import ModelError
 
 
 class AffineChannel(nn.Module):
@@ -166,7 +166,7 @@ class DlibResNet(nn.Module):
 def load_pretrained(dat_path: str | Path | None = None) -> DlibResNet:
     """dlib's pretrained weights (the .dat from face_recognition_models by default), eval mode."""
     if dat_path is None:
-        from maskid.models import dlib_dat_path
+        from maskid.networks.registry import dlib_dat_path
 
         dat_path = dlib_dat_path()
     return DlibResNet(read_dlib_net(dat_path)).eval()

@@ -5,8 +5,8 @@ MTCNN's points (eye centres, nose tip, mouth corners) are different, so `TEMPLAT
 they sit in dlib's template space, fitted on real unmasked faces by `training/fit_alignment.py`
 (dlib HOG + shape_predictor_5 + dlib's chip transform as ground truth). At run time a weighted
 least-squares similarity (Umeyama) maps `TEMPLATE` onto the detected points, and the result is
-folded into a (2, 3) M exactly as `maskid.chip.dlib_chip_transform` folds dlib's similarity, so
-`maskid.chip.extract_chip(image, M)` samples like dlib's `get_face_chip`.
+folded into a (2, 3) M exactly as `maskid.alignment.dlib_chip.dlib_chip_transform` folds dlib's similarity, so
+`maskid.alignment.dlib_chip.extract_chip(image, M)` samples like dlib's `get_face_chip`.
 
 Under a mask the nose and mouth points are guesses, so the fit weights the eyes. Measured
 (dlib-resnet-v1, M2FRED, training/fit_alignment.py --eval-masked): masked-probe rank-1 0.516
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from maskid.contract import ModelContract
+    from maskid.networks.contract import ModelContract
 
 # MTCNN points (left_eye, right_eye, nose, mouth_left, mouth_right) in dlib's template units:
-# x, y in 0..1 before chip padding, like dlib's TEMPLATE_5 (see maskid.chip).
+# x, y in 0..1 before chip padding, like dlib's TEMPLATE_5 (see maskid.alignment.dlib_chip).
 # Regenerate with: python training/fit_alignment.py  (fit on 213 faces: lfw10 + M2FRED unmasked;
 # spread of single faces around it, chip px: eyes 2.7, nose 7.5, mouth 7.5).
 TEMPLATE = np.array(
@@ -87,7 +87,7 @@ def chip_transform(
     weights = WEIGHTS_ALL if masked is False else WEIGHTS_MASKED
     template = (padding + TEMPLATE) / (2 * padding + 1) * size  # dlib's template space
     t = weighted_similarity(template, pts, weights)
-    # Fold t into dlib's chip rectangle exactly as maskid.chip / dlib's get_face_chip_details.
+    # Fold t into dlib's chip rectangle exactly as maskid.alignment.dlib_chip / dlib's get_face_chip_details.
     scale = math.hypot(t[0, 0], t[1, 0])
     angle = math.atan2(t[1, 0], t[0, 0])
     centre = t[:, :2] @ np.array([size / 2.0, size / 2.0]) + t[:, 2]
