@@ -13,7 +13,7 @@ from maskid.alignment.similarity import TEMPLATE, chip_transform, weighted_simil
 dlib = pytest.importorskip("dlib")
 frm = pytest.importorskip("face_recognition_models")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-import fit_alignment  # noqa: E402
+from maskid_train import fit_alignment  # noqa: E402
 
 
 def test_similarity_recovers_known_transform() -> None:

@@ -15,13 +15,13 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-import convert_edgeface  # noqa: E402
 from maskid.alignment.similarity import similarity_chip_transform  # noqa: E402
 from maskid.alignment.warp import warp_batch  # noqa: E402
 from maskid.detection.mtcnn import MtcnnDetector  # noqa: E402
 from maskid.errors import ModelError  # noqa: E402
 from maskid.io.images import load_image  # noqa: E402
 from maskid.networks.contract import ModelContract  # noqa: E402
+from maskid_train import convert_edgeface  # noqa: E402
 from maskid_train.edgenext import load_edgeface, read_checkpoint  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[1] / "python" / "maskid" / "data" / "models"

@@ -90,8 +90,8 @@ def test_heldout_split_is_identity_disjoint_deterministic_and_balanced() -> None
     assert halves["dev"][:3] == ["000", "002", "004"]
     assert rmfd_dev(ids[::-1]) == rmfd_dev(ids) and len(rmfd_dev(ids)) == 11
     assert len(lfw_dev([f"{i:04d}" for i in range(1652)])) == 83
-    # training/heldout.py (the settings search over a descriptor cache) splits the same way
-    path = Path(__file__).resolve().parents[1] / "training" / "heldout.py"
+    # training/experiments/heldout.py (the settings search over a descriptor cache) splits the same way
+    path = Path(__file__).resolve().parents[1] / "training" / "experiments" / "heldout.py"
     spec = importlib.util.spec_from_file_location("heldout_search", path)
     assert spec is not None and spec.loader is not None
     heldout = importlib.util.module_from_spec(spec)
@@ -112,7 +112,7 @@ def test_training_identities_leave_out_every_dev_identity(shared_data) -> None:
 
 
 def test_identity_bootstrap_is_paired_and_signed() -> None:
-    from heldout import identity_bootstrap
+    from maskid.evaluation.metrics import identity_bootstrap
 
     rng = np.random.default_rng(3)
     truth = np.repeat(np.arange(6), 3)

@@ -13,7 +13,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import convert_omz
 from maskid.alignment.similarity import similarity_chip_transform
 from maskid.alignment.warp import warp_batch
 from maskid.detection.mtcnn import MtcnnDetector
@@ -21,6 +20,7 @@ from maskid.errors import ModelError
 from maskid.io.images import load_image
 from maskid.networks.contract import ModelContract
 from maskid.networks.openvino_ir import build_onnx, read_ir
+from maskid_train import convert_omz
 from maskid_train.irnet_torch import IRNet
 
 SHIPPED = Path(__file__).resolve().parents[1] / "python/maskid/data/models/omz-face-reid-0095.onnx"
@@ -153,7 +153,9 @@ def test_shipped_equals_fresh_conversion(
 ) -> None:
     fresh = onnx.load_from_string(convert_omz.convert(ir_xml))
     ship = onnx.load(str(SHIPPED))
-    assert fresh.graph == ship.graph, "shipped ONNX differs: rerun training/convert_omz.py"
+    assert fresh.graph == ship.graph, (
+        "shipped ONNX differs: rerun training/maskid_train/convert_omz.py"
+    )
     assert {p.key: p.value for p in fresh.metadata_props} == {
         p.key: p.value for p in ship.metadata_props
     }

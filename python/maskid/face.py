@@ -48,3 +48,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
+
+
+def l2_normalize(v: np.ndarray) -> np.ndarray:
+    """Rows of `v` scaled to unit length (zero rows stay zero); float32 unless `v` is already a
+    float array, whose precision is kept."""
+    v = np.asarray(v)
+    if not np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float32)
+    out: np.ndarray = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+    return out

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from maskid.evaluation.metrics import identification_report
+from maskid.face import l2_normalize
 
 from .augment import masked_variants
 from .data import CHIP, ChipMaker
@@ -59,10 +60,6 @@ def dev_set(root: Path, cache: Path, pad: float) -> DevSet:
     return DevSet(chips, lms, found, identity, names)
 
 
-def _l2(v: np.ndarray) -> np.ndarray:
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
 def _report(
     enroll_vecs: np.ndarray,
     enroll_ids: np.ndarray,
@@ -73,7 +70,7 @@ def _report(
     names = sorted(set(enroll_ids.tolist()))
     index = {n: i for i, n in enumerate(names)}
     owner = np.array([index[n] for n in enroll_ids])
-    sims = _l2(probe_vecs) @ _l2(enroll_vecs).T  # (P, E)
+    sims = l2_normalize(probe_vecs) @ l2_normalize(enroll_vecs).T  # (P, E)
     scores = np.full((len(probe_vecs), len(names)), -np.inf)
     for j in range(len(names)):
         scores[:, j] = sims[:, owner == j].max(axis=1)

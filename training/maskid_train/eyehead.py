@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from maskid.face import l2_normalize
+
 BACKBONE = "omz-face-reid-0095"
 # The backbone's pooling head, from its last spatial map to the descriptor (OMZ 0095's ONNX).
 FEATURE = "655"  # N x 512 x 8 x 8, after the last expansion conv and its PReLU
@@ -164,10 +166,6 @@ def head_init(backbone_onnx: Path, expand: bool = False) -> dict[str, np.ndarray
     return out
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 # ----------------------------------------------------------------------------- dev proxy
 
 
@@ -178,8 +176,8 @@ def proxy_eval(full: np.ndarray, eye: np.ndarray, index: dict[str, Any], rows: n
     epoch; the product pipeline (benchmarks/accuracy.py) makes the real choice."""
     from maskid.evaluation.metrics import identification_report
 
-    d = np.concatenate([_l2(full[rows]), w * _l2(eye[rows])], axis=1)
-    d = _l2(d)
+    d = np.concatenate([l2_normalize(full[rows]), w * l2_normalize(eye[rows])], axis=1)
+    d = l2_normalize(d)
     label = index["label"][rows]
     masked = index["masked"][rows].astype(bool)
     copy = index["copy"][rows]
@@ -236,7 +234,7 @@ def train(
     y = np.array([cls[c] for c in label[tr]])
     # Teacher for every training row: the frozen full descriptor of the same face unmasked
     # (a copy's own photo; for a real rmfd mask, the mean over the person's unmasked photos).
-    fn = _l2(full)
+    fn = l2_normalize(full)
     photo_key = np.char.add(np.char.add(label.astype(str), "|"), index["path"].astype(str))
     orig = {}
     for r in np.flatnonzero(index["copy"] == 0):
@@ -245,7 +243,7 @@ def train(
     for c in classes:
         rows = tr[(label[tr] == c) & ~masked[tr]]
         if len(rows):
-            id_mean[c] = _l2(fn[rows].mean(0))
+            id_mean[c] = l2_normalize(fn[rows].mean(0))
     teacher = np.zeros((len(tr), fn.shape[1]), np.float32)
     has_teacher = np.zeros(len(tr), bool)
     for i, r in enumerate(tr):
@@ -255,7 +253,7 @@ def train(
             teacher[i], has_teacher[i] = id_mean[label[r]], True
     branch = build_branch(head_init(_backbone_path(backbone), expand))
     centres = torch.nn.Parameter(torch.from_numpy(np.stack([
-        id_mean.get(c, _l2(fn[tr[label[tr] == c]].mean(0))) for c in classes
+        id_mean.get(c, l2_normalize(fn[tr[label[tr] == c]].mean(0))) for c in classes
     ]).astype(np.float32)))  # fmt: skip
     rest = [p for n, p in branch.named_parameters() if n != "row_logits"]
     opt = torch.optim.AdamW(

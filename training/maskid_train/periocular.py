@@ -12,7 +12,7 @@ starts from dlib's weights. Training moves only that branch:
   constant output (all dlib descriptors lie within ~25 degrees of each other), which we saw;
 * CosFace over the training identities on both views (metric learning on the eye region).
 
-`--realigned replace|mix` draws the masked views from `training/realign_masked.py`'s pool
+`--realigned replace|mix` draws the masked views from `training/experiments/realign_masked.py`'s pool
 instead (each masked chip re-aligned from a detection on it, as a real masked probe is): issue
 5's experiment, measured and not shipped (training/README.md).
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "--realigned",
         choices=("none", "replace", "mix"),
         default="none",
-        help="masked views from <cache>/train/masked_k2_realigned.npy (training/realign_masked.py:"
+        help="masked views from <cache>/train/masked_k2_realigned.npy (training/experiments/realign_masked.py:"
         " re-aligned from a detection on the masked chip, as a real masked probe): none (the "
         "chip-level pool, the shipped v1 recipe), replace, or mix (each masked view 50/50)",
     )

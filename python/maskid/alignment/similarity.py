@@ -2,14 +2,14 @@
 
 dlib aligns with its own 5 points (eye corners + nose base) and a similarity fit to a template.
 MTCNN's points (eye centres, nose tip, mouth corners) are different, so `TEMPLATE` says where
-they sit in dlib's template space, fitted on real unmasked faces by `training/fit_alignment.py`
+they sit in dlib's template space, fitted on real unmasked faces by `training/maskid_train/fit_alignment.py`
 (dlib HOG + shape_predictor_5 + dlib's chip transform as ground truth). At run time a weighted
 least-squares similarity (Umeyama) maps `TEMPLATE` onto the detected points, and the result is
 folded into a (2, 3) M exactly as `maskid.alignment.dlib_chip.dlib_chip_transform` folds dlib's similarity, so
 `maskid.alignment.dlib_chip.extract_chip(image, M)` samples like dlib's `get_face_chip`.
 
 Under a mask the nose and mouth points are guesses, so the fit weights the eyes. Measured
-(dlib-resnet-v1, M2FRED, training/fit_alignment.py --eval-masked): masked-probe rank-1 0.516
+(dlib-resnet-v1, M2FRED, training/maskid_train/fit_alignment.py --eval-masked): masked-probe rank-1 0.516
 with all points on both sides, 0.491 eye-weighted probes only, 0.579 eye-weighted on both sides;
 parity with dlib's own chips is also higher eye-weighted (mean cosine 0.995 vs 0.993). So the
 eye weighting is the default for every face (`masked=None`): gallery and probes must match.
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 # MTCNN points (left_eye, right_eye, nose, mouth_left, mouth_right) in dlib's template units:
 # x, y in 0..1 before chip padding, like dlib's TEMPLATE_5 (see maskid.alignment.dlib_chip).
-# Regenerate with: python training/fit_alignment.py  (fit on 213 faces: lfw10 + M2FRED unmasked;
+# Regenerate with: PYTHONPATH=training python -m maskid_train.fit_alignment  (fit on 213 faces: lfw10 + M2FRED unmasked;
 # spread of single faces around it, chip px: eyes 2.7, nose 7.5, mouth 7.5).
 TEMPLATE = np.array(
     [

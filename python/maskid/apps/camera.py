@@ -226,8 +226,9 @@ def measure_split_margin(rec: Recognizer, photos: Path | None = None) -> dict[st
     """Measure the split margin (see SPLIT_RULE above) on identity folders of photos (default:
     the bundled LFW celebrities): the equal-error point of normal fits to the same-person and
     different-person cosine similarities. Returns the margin with what it was measured on."""
+    from maskid.face import l2_normalize
     from maskid.paths import PACKAGE_DATA
-    from maskid.pipeline.recognizer import identity_images, l2_normalize
+    from maskid.pipeline.recognizer import identity_images
 
     root = photos or PACKAGE_DATA / "demo" / "celebrities"
     vectors, owners = [], []

@@ -16,8 +16,9 @@ import numpy as np
 
 from maskid.errors import ImageError, MaskidError
 from maskid.evaluation.metrics import IdentificationReport, identification_report, roc_curve
+from maskid.face import l2_normalize
 from maskid.networks.registry import sha256_file
-from maskid.pipeline.recognizer import Recognizer, identity_images, l2_normalize
+from maskid.pipeline.recognizer import Recognizer, identity_images
 
 
 @dataclass

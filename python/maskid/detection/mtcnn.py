@@ -1,7 +1,7 @@
 """Face detection with five landmarks (MTCNN on ONNX Runtime; no torch or TensorFlow at run time).
 
 MTCNN (Zhang et al. 2016) with facenet-pytorch's MIT weights, exported by
-`training/export_mtcnn.py` to `maskid/data/detector/{pnet,rnet,onet}.onnx`. It finds masked
+`training/maskid_train/export_mtcnn.py` to `maskid/data/detector/{pnet,rnet,onet}.onnx`. It finds masked
 faces (about 96% of the real masked photos in M2FRED) where dlib's HOG finds almost none, and its
 five points (eye centres, nose tip, mouth corners) stay plausible under a mask.
 

@@ -175,3 +175,33 @@ def identification_report(
         dir_at_threshold=dir_,
         false_alarm_at_threshold=alarm,
     )
+
+
+BOOTSTRAP_KEYS = ("rank1", "tar_at_far_1e-3", "tar_at_far_1e-2", "eer")
+
+
+def identity_bootstrap(
+    s0: np.ndarray,
+    s1: np.ndarray,
+    truth: np.ndarray,
+    no_face: np.ndarray,
+    keys: tuple[str, ...] = BOOTSTRAP_KEYS,
+    n: int = 300,
+) -> dict[str, list[float]]:
+    """Scores s1 minus s0 on the same probes: [full-set delta, 5th, 95th percentile] of each
+    metric over resamples of the probe identities (the paired yardstick of every comparison)."""
+    ids = np.unique(truth[truth >= 0])
+
+    def metric(s: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        r = identification_report(s[idx], truth[idx], no_face[idx]).as_dict()
+        return np.array([r[k] for k in keys])
+
+    def delta(sel: np.ndarray) -> np.ndarray:
+        idx = np.concatenate([np.flatnonzero(truth == i) for i in sel])
+        return metric(s1, idx) - metric(s0, idx)
+
+    rng = np.random.default_rng(0)
+    draws = np.array([delta(rng.choice(ids, len(ids))) for _ in range(n)])
+    lo, hi = np.percentile(draws, [5, 95], axis=0)
+    full = delta(ids)
+    return {k: [float(full[j]), float(lo[j]), float(hi[j])] for j, k in enumerate(keys)}

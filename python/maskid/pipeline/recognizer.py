@@ -59,11 +59,6 @@ def identity_images(root: Path, pattern: str = "*") -> list[tuple[str, Path]]:
     return items
 
 
-def l2_normalize(v: np.ndarray) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
 @dataclass
 class FoundFaces:
     """`find_faces`' result: the faces (largest first) in the coordinates of `source`, which is

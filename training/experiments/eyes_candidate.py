@@ -4,17 +4,17 @@
 `maskid.networks.registry` builds for `maskid-eyes-v1`) from a candidate's fp16 .npz (`maskid_train.
 periocular --export`), written where you say (never over the shipped files).
 
-`compare`: two descriptor caches of the same faces (`training/embed_cache.py --model ...`, one
+`compare`: two descriptor caches of the same faces (`training/experiments/embed_cache.py --model ...`, one
 per model) evaluated as the product enrolls (3 masked copies aligned from a detection on the
 masked copy: policy `redetect`; eye weight 1, max over an identity's entries), on the dev and
 test halves of M2FRED, all 43, the unmasked controls and lfw10, with the dev half's FAR-1e-3
 threshold and the test half's FAR/TAR at it, and a paired bootstrap over identities of the
 candidate-minus-baseline differences (5th-95th percentile; the yardstick for "beyond noise").
 
-    OMP_NUM_THREADS=1 python training/eyes_candidate.py build CAND.eye.npz --out CAND.onnx
-    OMP_NUM_THREADS=1 python training/embed_cache.py --model CAND.onnx --copies 3 \\
+    OMP_NUM_THREADS=1 python training/experiments/eyes_candidate.py build CAND.eye.npz --out CAND.onnx
+    OMP_NUM_THREADS=1 python training/experiments/embed_cache.py --model CAND.onnx --copies 3 \\
         --policies redetect --out /work/cache/cand_desc.npz
-    python training/eyes_candidate.py compare BASE_desc.npz CAND_desc.npz --json out.json
+    python training/experiments/eyes_candidate.py compare BASE_desc.npz CAND_desc.npz --json out.json
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/: maskid_train
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other experiments
 from heldout import Cache, copy_similarity, evaluate, identity_bootstrap, protocols
 
 POLICY = "redetect"  # maskid.pipeline.recognizer.COPY_REDETECT: the product's enrolled copies

@@ -1,10 +1,10 @@
 """A linear metric head on the frozen fused descriptor of `maskid-eyes-v1` (issue 5).
 
-The fused descriptor x = l2([l2(dlib(chip)), l2(periocular(chip))]) (256-d) is kept frozen; a
+The fused descriptor x = l2_normalize([l2_normalize(dlib(chip)), l2_normalize(periocular(chip))]) (256-d) is kept frozen; a
 linear map learned on the TRAINING identities only (shared/data/train: glint23 + celeba; never
 M2FRED or lfw10) gives the descriptor compared by cosine:
 
-    head(x) = l2((x - mu) @ P)          P: 256 x d
+    head(x) = l2_normalize((x - mu) @ P)          P: 256 x d
 
 P is regularised LDA: within-class whitening then the top-d discriminant directions. Each
 identity's samples are its unmasked training chips AND their K=2 synthetic masked variants (the
@@ -21,13 +21,13 @@ with CosFace + a masked-to-unmasked pull on the cached descriptors (`fit_linear`
 Stages (each cached, resumable):
   1. chip cache + mask pool (maskid_train.data / augment; same cache as `maskid_train.train`)
   2. fused descriptors of every chip and of its K masked variants (`Embedder.embed_chips`)
-  3. fit each candidate head, evaluate it on M2FRED's DEV half only (training/heldout.py's
-     protocol on the cache of training/embed_cache.py), pick the best by dev masked TAR@FAR=1e-3
+  3. fit each candidate head, evaluate it on M2FRED's DEV half only (training/experiments/heldout.py's
+     protocol on the cache of training/experiments/embed_cache.py), pick the best by dev masked TAR@FAR=1e-3
      + rank-1 (3 copies; dev control within 1 point of v1's), then report dev / test / all /
      lfw10 / control and the paired identity bootstrap versus the plain fused descriptor (both
      with 3 masked enrollment copies). Result and wall time: training/README.md.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=training python training/metric_head.py \\
+    OMP_NUM_THREADS=1 PYTHONPATH=training python training/experiments/metric_head.py \\
         --data ../shared/data/train --cache /work/cache/chips --eval /work/cache/eyes_desc.npz \\
         --json training/results/metric_head_m2fred.json
 """
@@ -43,16 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from maskid.face import l2_normalize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/: maskid_train
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other experiments
 
 from heldout import DEFAULT, Cache, bootstrap, evaluate, protocols
 
 K_POOL = 2  # synthetic masked variants per training chip (the maskid_train pool)
-
-
-def l2(v: np.ndarray) -> np.ndarray:
-    out: np.ndarray = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-    return out
 
 
 # ---------------------------------------------------------------------------------- stages 1-2
@@ -85,9 +83,9 @@ def train_descriptors(
     masked = np.zeros((n, K_POOL, emb.dim), np.float32)
     for s in range(0, n, batch):
         e = slice(s, min(s + batch, n))
-        plain[e] = l2(emb.embed_chips(np.ascontiguousarray(cs.chips[e])))
+        plain[e] = l2_normalize(emb.embed_chips(np.ascontiguousarray(cs.chips[e])))
         m = np.ascontiguousarray(pool[e]).reshape(-1, *pool.shape[2:])
-        masked[e] = l2(emb.embed_chips(m)).reshape(-1, K_POOL, emb.dim)
+        masked[e] = l2_normalize(emb.embed_chips(m)).reshape(-1, K_POOL, emb.dim)
         if s % (batch * 20) == 0:
             print(f"  embed {s}/{n} {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     res = {"plain": plain, "masked": masked, "labels": cs.labels.astype(np.int64)}
@@ -189,7 +187,7 @@ def fit_linear(
 
 def make_head(p: np.ndarray, mu: np.ndarray):  # type: ignore[no-untyped-def]
     def head(v: np.ndarray) -> np.ndarray:
-        return l2((l2(v) - mu) @ p)
+        return l2_normalize((l2_normalize(v) - mu) @ p)
 
     return head
 
@@ -326,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data/train"))
     ap.add_argument("--cache", type=Path, default=Path("/work/cache/chips"))
-    ap.add_argument("--eval", type=Path, required=True, help="training/embed_cache.py's output")
+    ap.add_argument(
+        "--eval", type=Path, required=True, help="training/experiments/embed_cache.py's output"
+    )
     ap.add_argument("--model", default="maskid-eyes-v1", help="the frozen fused embedder")
     ap.add_argument("--dims", default="64,96,128,192,256")
     ap.add_argument("--shrinks", default="0.01,0.03,0.1,0.3,0.6")
@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         doc = {
             "what": "linear metric head on the frozen maskid-eyes-v1 fused descriptor, "
-            "head(x) = l2((l2(x) - mu) @ P), fitted on the training identities only "
-            "(training/metric_head.py)",
+            "head(x) = l2_normalize((l2_normalize(x) - mu) @ P), fitted on the training identities only "
+            "(training/experiments/metric_head.py)",
             "train": {
                 "identities": len(np.unique(tr["labels"])),
                 "chips": len(tr["labels"]),

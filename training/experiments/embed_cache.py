@@ -3,11 +3,11 @@
 Runs the product pipeline once (maskid's detector -> alignment -> chip -> `maskid-eyes-v1`) over
 M2FRED and the lfw10 demo set and stores, for every face, the two branch descriptors of the chip
 and of its horizontal mirror, plus those of up to `--copies` synthetically masked copies of every
-enrollment photo under several copy policies. `training/heldout.py` then evaluates operating
+enrollment photo under several copy policies. `training/experiments/heldout.py` then evaluates operating
 choices (eye weight, flip averaging, copy count/policy, score aggregation) from the cache, on the
 identity-disjoint dev/test halves of M2FRED, without running a network again.
 
-    OMP_NUM_THREADS=1 python training/embed_cache.py --out /work/cache/eyes_desc.npz
+    OMP_NUM_THREADS=1 python training/experiments/embed_cache.py --out /work/cache/eyes_desc.npz
 
 One thread throughout (detector, ONNX Runtime, OpenCV, the C++ warp): ~10 minutes here.
 """
@@ -118,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if data is None:
         print("embed_cache: ../shared/data not found", file=sys.stderr)
         return 2
-    rec = Recognizer(None, model=args.model, mask_copies=0)
-    rec._detector = MtcnnDetector(threads=1)
-    emb = rec._embedder = Embedder(args.model, threads=1)
+    emb = Embedder(args.model, threads=1)
+    rec = Recognizer(None, mask_copies=0, detector=MtcnnDetector(threads=1), embedder=emb)
     if emb.dim != 256:
         print("embed_cache: expects the fused 2 x 128 embedder", file=sys.stderr)
         return 2
@@ -159,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def probe_row(name: str, ident: str, kind: str, img: np.ndarray) -> None:
         try:
-            faces, context = rec.analyze_in_context(img)
+            found = rec.analyze_in_context(img)
+            faces, context = found.faces, found.source
         except MaskidError:
             faces = []
         if not faces or faces[0].chip_transform is None:

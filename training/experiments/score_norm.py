@@ -20,7 +20,7 @@ A second cohort needs no extra data: the gallery itself. Gallery Z-norm scores p
 identity i by (s_pi - mu) / sd over p's top-K scores against the OTHER enrolled identities (a
 standardised margin over the rest of the gallery).
 
-Evaluated with training/heldout.py's protocol (dev/test halves, product enrollment: 3 masked
+Evaluated with training/experiments/heldout.py's protocol (dev/test halves, product enrollment: 3 masked
 copies of the `redetect` policy) against the raw scores, with the paired identity bootstrap, and,
 because a closed protocol (every probe's identity enrolled) can reward a normalisation that
 leans on the probe's true mate, also OPEN-SET: half of the identities enrolled (10 identity
@@ -30,11 +30,11 @@ strangers through. Result (training/README.md): every variant is worse than the 
 what a deployment sees; gallery Z-norm's closed-protocol TAR gain is that artefact.
 
 The cohort file holds the fused descriptors of every training chip and its 2 pool views; it is
-made (and cached) by training/metric_head.py's `train_descriptors` (its first run, ~9 min).
+made (and cached) by training/experiments/metric_head.py's `train_descriptors` (its first run, ~9 min).
 
-    OMP_NUM_THREADS=1 python training/embed_cache.py --copies 3 --policies redetect \\
+    OMP_NUM_THREADS=1 python training/experiments/embed_cache.py --copies 3 --policies redetect \\
         --out /work/cache/sn/v1_desc.npz
-    OMP_NUM_THREADS=1 PYTHONPATH=training python training/score_norm.py /work/cache/sn/v1_desc.npz \\
+    OMP_NUM_THREADS=1 PYTHONPATH=training python training/experiments/score_norm.py /work/cache/sn/v1_desc.npz \\
         --cohort /work/cache/chips/train/fused_maskid-eyes-v1.npz --json training/results/score_norm_m2fred.json
 """
 
@@ -48,9 +48,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/: maskid_train
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other experiments
 
 from heldout import Cache, descriptors, identity_bootstrap, protocols
+
 from maskid.evaluation.metrics import identification_report
 
 

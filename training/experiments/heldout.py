@@ -1,6 +1,6 @@
 """Operating choices of the fused embedder, chosen on one half of M2FRED and checked on the other.
 
-Reads the cache of `training/embed_cache.py` (branch descriptors of every face, its mirror image
+Reads the cache of `training/experiments/embed_cache.py` (branch descriptors of every face, its mirror image
 and its synthetic masked copies) and evaluates, with maskid's own metrics:
 
 * eye-branch weight w (descriptor [l2(full), w * l2(periocular)]),
@@ -15,7 +15,7 @@ controls, and compares each candidate with the shipped default by a paired boots
 identities (5th-95th percentile of the metric difference), the yardstick for "beyond noise".
 Its figures match benchmarks/accuracy.py run through the pipeline (same detector, chips, seeds).
 
-    python training/heldout.py /work/cache/eyes_desc.npz --json training/results/heldout_m2fred.json \\
+    python training/experiments/heldout.py /work/cache/eyes_desc.npz --json training/results/heldout_m2fred.json \\
         --csv training/results/heldout_grid_m2fred.csv
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskid.evaluation.metrics import identification_report
+from maskid.evaluation.metrics import identification_report, identity_bootstrap
 from maskid.evaluation.splits import (
     m2fred_halves as split_identities,  # the one split rule (maskid.evaluation.splits)
 )
@@ -113,7 +113,7 @@ def evaluate(
     head: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, float | int]:
     """One protocol's report; `head` maps (n, 256) unit fused descriptors to the descriptors
-    compared (e.g. `training/metric_head.py`'s linear head), enrollment and probes alike."""
+    compared (e.g. `training/experiments/metric_head.py`'s linear head), enrollment and probes alike."""
     h = head if head is not None else (lambda v: v)
     names = sorted({c.idents[i] for i in enroll})
     index = {n: j for j, n in enumerate(names)}
@@ -228,36 +228,6 @@ def run(c: Cache, prot: tuple[list[int], list[int]], cfg: Config) -> list[np.nda
         scores_out=out, head=cfg.get("head"),  # type: ignore[arg-type]
     )  # fmt: skip
     return out
-
-
-BOOTSTRAP_KEYS = ("rank1", "tar_at_far_1e-3", "tar_at_far_1e-2", "eer")
-
-
-def identity_bootstrap(
-    s0: np.ndarray,
-    s1: np.ndarray,
-    truth: np.ndarray,
-    no_face: np.ndarray,
-    keys: tuple[str, ...] = BOOTSTRAP_KEYS,
-    n: int = 300,
-) -> dict[str, list[float]]:
-    """Scores s1 minus s0 on the same probes: [full-set delta, 5th, 95th percentile] of each
-    metric over resamples of the probe identities (the paired yardstick of every comparison)."""
-    ids = np.unique(truth[truth >= 0])
-
-    def metric(s: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        r = identification_report(s[idx], truth[idx], no_face[idx]).as_dict()
-        return np.array([r[k] for k in keys])
-
-    def delta(sel: np.ndarray) -> np.ndarray:
-        idx = np.concatenate([np.flatnonzero(truth == i) for i in sel])
-        return metric(s1, idx) - metric(s0, idx)
-
-    rng = np.random.default_rng(0)
-    draws = np.array([delta(rng.choice(ids, len(ids))) for _ in range(n)])
-    lo, hi = np.percentile(draws, [5, 95], axis=0)
-    full = delta(ids)
-    return {k: [float(full[j]), float(lo[j]), float(hi[j])] for j, k in enumerate(keys)}
 
 
 def bootstrap(

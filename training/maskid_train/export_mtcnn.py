@@ -11,7 +11,7 @@ Graph contract (also written to each model's metadata_props):
 - onet: N x 3 x 48 x 48 -> "reg" N x 4, "landmarks" N x 10 (x1..x5, y1..y5 relative), "prob" N
 
 Usage:
-    python training/export_mtcnn.py [--weights DIR_OR_WHEEL] [--out python/maskid/data/detector]
+    PYTHONPATH=training python -m maskid_train.export_mtcnn [--weights DIR_OR_WHEEL] [--out python/maskid/data/detector]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import onnx
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "python" / "maskid" / "data" / "detector"
 WHEEL_GLOBS = ["facenet_pytorch-*.whl"]
 WHEEL_DIRS = [Path("/work/wheels"), REPO / "wheels", Path.cwd()]
@@ -202,7 +202,7 @@ def _export(model: nn.Module, path: Path, shape: tuple[int, ...], outputs: list[
     )
     m = onnx.load(str(path))
     meta = {
-        "producer": "maskid training/export_mtcnn.py",
+        "producer": "maskid training/maskid_train/export_mtcnn.py",
         "weights": "facenet-pytorch 2.6.0 MTCNN (MIT, (c) 2019 Timothy Esler)",
         "input": "float32 NCHW RGB 0..255; (x-127.5)/128 is inside the graph",
     }

@@ -5,7 +5,7 @@ For each real unmasked face, dlib's own pipeline (HOG detector + shape_predictor
 Our detector's 5 points mapped through t^-1 land in template space; their mean (normalised
 like dlib's TEMPLATE_5: x, y in 0..1 before padding) is the template. Prints residuals.
 
-Usage: python training/fit_alignment.py [--limit N]   (needs dlib and ../shared/data)
+Usage: PYTHONPATH=training python -m maskid_train.fit_alignment [--limit N]   (needs dlib and ../shared/data)
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ re-warps the padded masked chip with `align.chip_transform` of that detection's 
 (`chip.extract_chip`, 150 px). A variant with no such detection (or a chip whose unmasked copy
 gives none) keeps the chip-level masked view.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=training python training/realign_masked.py \\
+    OMP_NUM_THREADS=1 PYTHONPATH=training python training/experiments/realign_masked.py \\
         --cache /work/cache/chips --workers 2
 
 Writes `<cache>/train/masked_k2_realigned.npy` (same shape as the pool) and
@@ -182,5 +182,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/: maskid_train
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other experiments
     sys.exit(main())

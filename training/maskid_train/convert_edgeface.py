@@ -18,7 +18,7 @@ against the torch module (max |diff| <= 1e-4) before it replaces the previous on
 rename).
 
 Usage:
-    python training/convert_edgeface.py [--src ../shared/models/edgeface] [--out DIR]
+    PYTHONPATH=training python -m maskid_train.convert_edgeface [--src ../shared/models/edgeface] [--out DIR]
         [--variant edgeface-xs --variant edgeface-xxs] [--fp32]
 """
 
@@ -37,8 +37,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "training"))
+REPO = Path(__file__).resolve().parents[2]
 
 from maskid.errors import ModelError  # noqa: E402
 from maskid.networks.contract import ALL_POINTS, ModelContract  # noqa: E402
@@ -255,7 +254,7 @@ def write_licence(src_dir: Path, out_dir: Path) -> Path:
     header = (
         "EdgeFace XS / XXS weights (shipped as edgeface-xs.onnx, edgeface-xxs.onnx), Idiap Research Institute.\n"
         f"Source: {SOURCE_REPO}:checkpoints/ (a mirror of Idiap's EdgeFace repository), {LICENCE}.\n"
-        "Converted by maskid's training/convert_edgeface.py; the licence text follows unchanged.\n\n"
+        "Converted by maskid's training/maskid_train/convert_edgeface.py; the licence text follows unchanged.\n\n"
     )
     dest = out_dir / "licences" / "edgeface.LICENSE"
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,8 @@ Two jobs, both regenerating what `maskid.pipeline.masks` ships:
   cropped to their alpha and scaled so the cheek-to-cheek anchor span is ``--span`` pixels,
   with the anchors in masks.cfg rewritten to match.
 
-    python training/fit_mask_anchors.py fit
-    python training/fit_mask_anchors.py templates
+    PYTHONPATH=training python -m maskid_train.fit_mask_anchors fit
+    PYTHONPATH=training python -m maskid_train.fit_mask_anchors templates
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def cmd_templates(args: argparse.Namespace) -> int:
     with open(dst / "masks.cfg", "w") as f:
         f.write(
             "; Derived from MaskTheFace's masks/masks.cfg (MIT, see LICENSE-MaskTheFace.txt):\n"
-            "; templates cropped to their alpha and scaled by training/fit_mask_anchors.py templates.\n"
+            "; templates cropped to their alpha and scaled by training/maskid_train/fit_mask_anchors.py templates.\n"
             "; mask_a..f: template pixels of a,c top corners (cheekbones), b nose bridge,\n"
             "; d,f lower corners (jaw), e bottom centre (under the chin).\n\n"
         )

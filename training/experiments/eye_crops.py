@@ -5,11 +5,11 @@ view the best one, and do several views add up? For every M2FRED face (and the p
 re-detected masked copies of every enrolled photo) this cuts other views from the product's chip
 (`S<rows>`: top rows stretched; `Q<rows>`: a square zoom around the eyes; `R120x90`: 120 x 90
 around the eyes; `S90y10`: rows 10-90), embeds each with dlib's pretrained network (untrained
-views: their fair comparison is the untrained S90) and evaluates [l2(full), l2(view), ...]
+views: their fair comparison is the untrained S90) and evaluates [l2_normalize(full), l2_normalize(view), ...]
 concatenations with the product's enrollment (3 copies, max per identity) on the dev/test halves.
-"T90" is the shipped fine-tuned branch (from training/embed_cache.py's cache).
+"T90" is the shipped fine-tuned branch (from training/experiments/embed_cache.py's cache).
 
-    OMP_NUM_THREADS=2 python training/eye_crops.py /work/cache/sn/v1_desc.npz \\
+    OMP_NUM_THREADS=2 python training/experiments/eye_crops.py /work/cache/sn/v1_desc.npz \\
         --json training/results/eye_crops_m2fred.json          # ~5 min here
 
 Result (training/README.md): no view or ensemble beats the shipped model on the dev half.
@@ -26,14 +26,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/: maskid_train
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other experiments
 
 from heldout import Cache, split_identities
+
 from maskid.alignment.dlib_chip import chip_source
 from maskid.alignment.warp import warp_batch
 from maskid.detection.mtcnn import MtcnnDetector
 from maskid.errors import MaskidError
 from maskid.evaluation.metrics import identification_report
+from maskid.face import l2_normalize
 from maskid.networks.embedder import Embedder
 from maskid.networks.registry import sha256_file
 from maskid.paths import shared_data_dir
@@ -61,11 +64,6 @@ ENSEMBLES = {
 }
 
 
-def l2(v: np.ndarray) -> np.ndarray:
-    out: np.ndarray = v / np.linalg.norm(v, axis=-1, keepdims=True)
-    return out
-
-
 def m2fred_rows(c: Cache) -> list[int]:
     """The cache's M2FRED enrollment and probe rows, in cache order."""
     return [i for i, k in enumerate(c.kinds) if k in ("m2fred-enroll", "m2fred-probe")]
@@ -74,14 +72,13 @@ def m2fred_rows(c: Cache) -> list[int]:
 def product_chips(c: Cache, copies: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(n, 150, 150, 3) product chips of `m2fred_rows(c)`, (n, 3, ...) the 3 re-detected masked
     copies of each enrolled photo (zeros unless `copies`), and whether a face was found. Also
-    used by training/probe_completion.py."""
+    used by training/experiments/probe_completion.py."""
     data = shared_data_dir()
     if data is None:
         raise SystemExit("../shared/data not found")
     root = data / "eval"
     cv2.setNumThreads(1)
-    rec = Recognizer(Path("/nonexistent"), mask_copies=0)
-    rec._detector = MtcnnDetector(threads=1)
+    rec = Recognizer(Path("/nonexistent"), mask_copies=0, detector=MtcnnDetector(threads=1))
 
     def chip(img: np.ndarray, t: np.ndarray) -> np.ndarray:
         out = np.zeros((1, 3, 150, 150), np.float32)
@@ -108,7 +105,8 @@ def product_chips(c: Cache, copies: bool = True) -> tuple[np.ndarray, np.ndarray
                 m = apply_mask(ctx, face.landmarks, rng=rng)
                 masked[j, k] = chip(m, rec.copy_transform(m, face))
         else:
-            faces, ctx = rec.analyze_in_context(img)
+            found = rec.analyze_in_context(img)
+            faces, ctx = found.faces, found.source
             if faces and faces[0].chip_transform is not None:
                 chips[j], found[j] = chip(ctx, faces[0].chip_transform), True
     return chips, masked, found
@@ -116,7 +114,9 @@ def product_chips(c: Cache, copies: bool = True) -> tuple[np.ndarray, np.ndarray
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cache", type=Path, help="training/embed_cache.py's output (redetect copies)")
+    ap.add_argument(
+        "cache", type=Path, help="training/experiments/embed_cache.py's output (redetect copies)"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     np.seterr(invalid="ignore", divide="ignore")
@@ -132,16 +132,23 @@ def main(argv: list[str] | None = None) -> int:
             x0, y0, x1, y1 = box
             return np.stack([cv2.resize(a[y0:y1, x0:x1], (150, 150)) for a in x])
 
-        one = l2(emb.embed_chips(cut(chips)))
-        cp = l2(emb.embed_chips(cut(copies.reshape(-1, 150, 150, 3)))).reshape(len(rows), 3, -1)
+        one = l2_normalize(emb.embed_chips(cut(chips)))
+        cp = l2_normalize(emb.embed_chips(cut(copies.reshape(-1, 150, 150, 3)))).reshape(
+            len(rows), 3, -1
+        )
         return one, cp
 
     desc = {"full": views(None)}
     for name, box in tqdm(VIEWS.items(), desc="views"):
         desc[name] = views(box)
     d, cp = c.desc[rows], c.copies["redetect"][rows]
-    desc["T90"] = (l2(np.nan_to_num(d[:, 0, 1])), l2(np.nan_to_num(cp[:, :3, 0, 1])))
-    check = float(np.mean((desc["full"][0] * l2(np.nan_to_num(d[:, 0, 0]))).sum(-1)[found]))
+    desc["T90"] = (
+        l2_normalize(np.nan_to_num(d[:, 0, 1])),
+        l2_normalize(np.nan_to_num(cp[:, :3, 0, 1])),
+    )
+    check = float(
+        np.mean((desc["full"][0] * l2_normalize(np.nan_to_num(d[:, 0, 0]))).sum(-1)[found])
+    )
     ident = [c.idents[i] for i in rows]
     kinds = [c.kinds[i] for i in rows]
     halves = split_identities(sorted(set(ident)))
@@ -152,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         enrolled = [j for j in range(len(rows)) if kinds[j] == "m2fred-enroll" and found[j]]
         enrolled = [j for j in enrolled if ident[j] in keep]
         probes = [j for j in range(len(rows)) if kinds[j] == "m2fred-probe" and ident[j] in keep]
-        one = l2(np.concatenate([desc[p][0] for p in parts], axis=-1))
-        cps = l2(np.concatenate([desc[p][1] for p in parts], axis=-1))
+        one = l2_normalize(np.concatenate([desc[p][0] for p in parts], axis=-1))
+        cps = l2_normalize(np.concatenate([desc[p][1] for p in parts], axis=-1))
         gallery = np.concatenate([np.concatenate([one[j][None], cps[j]]) for j in enrolled])
         owner = np.repeat([names.index(ident[j]) for j in enrolled], 4)
         sims = one[probes] @ gallery.T

@@ -12,10 +12,10 @@ Oracle (issue 5, step 1): every masked probe weighted b/a (as if a mask check we
 against the default b/a = 1, with the product's gallery (each enrollment photo + 3 synthetic masked
 copies); also without copies, on the unmasked control (what a wrong decision costs) and on lfw10's
 synthetic masks. The mask check and the end-to-end steps were to follow only if the oracle gained
-beyond noise on the dev half (paired identity bootstrap, as `training/heldout.py`); it does not
+beyond noise on the dev half (paired identity bootstrap, as `training/experiments/heldout.py`); it does not
 (results/query_weight_m2fred.json), so they are not here.
 
-    python training/query_weight.py /work/cache/eyes_desc.npz \\
+    python training/experiments/query_weight.py /work/cache/eyes_desc.npz \\
         --json training/results/query_weight_m2fred.json
 """
 
@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from heldout import Cache, identity_bootstrap, protocols
+
 from maskid.evaluation.metrics import identification_report
 
 KEYS = ("rank1", "tar_at_far_1e-3", "eer")
@@ -84,7 +84,7 @@ class Branches:
 
 def bootstrap(br: Branches, s0: np.ndarray, s1: np.ndarray, n: int = 300) -> dict[str, list[float]]:
     """s1 minus s0 on the same probes: [full-set delta, 5th, 95th percentile] over identity
-    resamples (`training/heldout.py`'s yardstick)."""
+    resamples (`training/experiments/heldout.py`'s yardstick)."""
     return identity_bootstrap(s0, s1, br.truth, br.no_face, KEYS, n)
 
 

@@ -8,10 +8,10 @@ periocular half (rows 0-89, above the seam) is unchanged. The genuine composite 
 of one person; an impostor's mixes two. It costs one extra embedding per candidate photo (a
 deployment would re-rank the top few).
 
-    OMP_NUM_THREADS=2 python training/probe_completion.py /work/cache/sn/v1_desc.npz \\
+    OMP_NUM_THREADS=2 python training/experiments/probe_completion.py /work/cache/sn/v1_desc.npz \\
         --json training/results/probe_completion_m2fred.json
 
-Needs training/embed_cache.py's cache (with the `redetect` copies: the product's enrollment).
+Needs training/experiments/embed_cache.py's cache (with the `redetect` copies: the product's enrollment).
 Result (training/README.md): without copies it helps (all 43: TAR@1e-3 .506 -> .612, rank-1
 .788 -> .829 at row 68, lam .5); beside the product's copies it adds nothing beyond noise.
 """
@@ -26,17 +26,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training/: maskid_train
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other experiments
 
 from eye_crops import m2fred_rows, product_chips
 from heldout import Cache, identity_bootstrap, split_identities
+
 from maskid.evaluation.metrics import identification_report
+from maskid.face import l2_normalize
 from maskid.networks.embedder import Embedder
-
-
-def l2(v: np.ndarray) -> np.ndarray:
-    out: np.ndarray = v / np.linalg.norm(v, axis=-1, keepdims=True)
-    return out
 
 
 def composites(c: np.ndarray, probes: list[int], enrolled: list[int], row: int) -> np.ndarray:
@@ -47,13 +45,15 @@ def composites(c: np.ndarray, probes: list[int], enrolled: list[int], row: int) 
     out = np.zeros((len(probes), len(enrolled), 128), np.float32)
     for a, p in enumerate(tqdm(probes, desc=f"composites (row {row})")):
         mix = (1 - alpha) * c[p][None].astype(np.float32) + alpha * e
-        out[a] = l2(emb.embed_chips(np.clip(mix + 0.5, 0, 255).astype(np.uint8)))
+        out[a] = l2_normalize(emb.embed_chips(np.clip(mix + 0.5, 0, 255).astype(np.uint8)))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cache", type=Path, help="training/embed_cache.py's output (redetect copies)")
+    ap.add_argument(
+        "cache", type=Path, help="training/experiments/embed_cache.py's output (redetect copies)"
+    )
     ap.add_argument("--rows", default="68,85", help="seam rows to try (nose tip ~88)")
     ap.add_argument("--lams", default="0.3,0.5,0.7,1.0")
     ap.add_argument("--json", type=Path)

@@ -6,7 +6,7 @@ writes the model contract plus provenance into the file's metadata_props. Also c
 Apache-2.0 licence beside the shipped models. Needs neither OpenVINO nor torch.
 
 Usage:
-    python training/convert_omz.py [--ir PATH.xml] [--out python/maskid/data/models/omz-face-reid-0095.onnx]
+    PYTHONPATH=training python -m maskid_train.convert_omz [--ir PATH.xml] [--out python/maskid/data/models/omz-face-reid-0095.onnx]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from maskid.errors import MaskidError
 from maskid.networks.contract import ALL_POINTS, ModelContract
 from maskid.networks.openvino_ir import build_onnx, read_ir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED_MODEL = REPO.parent / "shared" / "models" / "omz-face-reid-0095"
 DEFAULT_IR = SHARED_MODEL / "FP16" / "face-reidentification-retail-0095.xml"
 DEFAULT_OUT = REPO / "python" / "maskid" / "data" / "models" / "omz-face-reid-0095.onnx"
