@@ -95,4 +95,4 @@ def test_flip_variant_averages_each_branch_over_the_mirror_image(chips: np.ndarr
     assert np.abs(flip.embed_chips(chips[2:3])[0] - got[2]).max() <= 1e-5  # dynamic batch
     meta = {p.key: p.value for p in onnx.load(str(model_path(EYES_FLIP_MODEL))).metadata_props}
     assert meta["flip_average"] == "true" and meta["model_name"] == EYES_FLIP_MODEL
-    assert "flip_average" not in plain._meta  # the default's file (and gallery id) is unchanged
+    assert "flip_average" not in plain.metadata  # the default's file (and gallery id) is unchanged

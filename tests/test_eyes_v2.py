@@ -82,5 +82,5 @@ def test_first_half_is_the_backbone_and_the_contract_is_its_own(
     base /= np.linalg.norm(base, axis=1, keepdims=True)
     assert np.abs(emb.embed_batch(batch)[:, :256] - base).max() <= 1e-5
     # the branch looks mostly above the nose: the eye rows outweigh the mouth rows
-    rows = json.loads(emb._meta["eye_row_weights"])
+    rows = json.loads(emb.metadata["eye_row_weights"])
     assert min(rows[:4]) > max(rows[6:])

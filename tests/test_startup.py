@@ -98,7 +98,7 @@ def test_recognize_with_the_shipped_default_does_not_import_onnx(
 def test_builder_key_reads_no_onnx() -> None:
     """The converted models' cache key (weights + builder source) is computed without onnx."""
     code = (
-        "import sys; from maskid.networks import registry as models; k = models._builder_key(); "
+        "import sys; from maskid.networks import registry as models; k = models.builder_key(); "
         "print(len(k), 'onnx' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

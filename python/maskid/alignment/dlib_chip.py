@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from maskid.alignment.similarity import weighted_similarity
+
 # dlib's 5-point template (x, y in 0..1): right eye outer/inner, left eye outer/inner, nose.
 TEMPLATE_5 = np.array(
     [
@@ -26,31 +28,17 @@ TEMPLATE_5 = np.array(
 )
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity src -> dst (Umeyama), as dlib's find_similarity_transform."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    sigma = (s**2).sum(1).mean()
-    cov = d.T @ s / len(src)
-    u, sv, vt = np.linalg.svd(cov)
-    flip = np.eye(2)
-    if np.linalg.det(cov) < 0 or (np.linalg.det(cov) == 0 and np.linalg.det(u @ vt) < 0):
-        flip[1, 1] = -1
-    rot = u @ flip @ vt
-    c = np.trace(np.diag(sv) @ flip) / sigma if sigma != 0 else 1.0
-    out = np.zeros((2, 3))
-    out[:, :2] = c * rot
-    out[:, 2] = mu_d - c * rot @ mu_s
-    return out
-
-
 def _chip_rect(points5: np.ndarray, size: int, padding: float) -> tuple[np.ndarray, float, float]:
     """dlib's chip_details: (centre in the image, half-extent of the drectangle, angle)."""
     pts = np.asarray(points5, dtype=np.float64)
     if pts.shape != (5, 2):
         raise ValueError(f"expected 5 x 2 dlib landmarks, got {pts.shape}")
     template = (padding + TEMPLATE_5) / (2 * padding + 1) * size
-    t = _similarity(template, pts)
+    return _rect_of(weighted_similarity(template, pts, np.ones(5)), size)
+
+
+def _rect_of(t: np.ndarray, size: int) -> tuple[np.ndarray, float, float]:
+    """The chip rectangle of a template-to-image similarity `t` (size x size template space)."""
     px, py = t[0, 0], t[1, 0]  # the transform applied to the vector (1, 0)
     angle = math.atan2(py, px)
     scale = math.hypot(px, py)
@@ -67,6 +55,12 @@ def _rect_transform(centre: np.ndarray, half: float, angle: float, size: int) ->
     mid = (size - 1) / 2
     m[:, 2] = centre - m[:, :2] @ np.array([mid, mid])
     return m
+
+
+def fold_into_chip(t: np.ndarray, size: int) -> np.ndarray:
+    """The chip transform dlib samples with for a template-to-image similarity `t`: only its
+    angle, scale and the image position of the chip centre are kept (get_face_chip_details)."""
+    return _rect_transform(*_rect_of(t, size), size)
 
 
 def dlib_chip_transform(

@@ -17,7 +17,6 @@ eye weighting is the default for every face (`masked=None`): gallery and probes 
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,7 +56,8 @@ def weighted_similarity(src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> np.n
     cov = (d * w[:, None]).T @ s
     u, sv, vt = np.linalg.svd(cov)
     flip = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+    det = np.linalg.det(cov)  # dlib's find_similarity_transform rule for a reflection
+    if det < 0 or (det == 0 and np.linalg.det(u) * np.linalg.det(vt) < 0):
         flip[1, 1] = -1
     rot = u @ flip @ vt
     c = float(np.trace(np.diag(sv) @ flip) / var) if var > 0 else 1.0
@@ -84,19 +84,11 @@ def chip_transform(
         raise ValueError(f"expected finite (5, 2) landmarks, got {pts.shape}")
     if size < 2:
         raise ValueError(f"size must be >= 2, got {size}")
+    from maskid.alignment.dlib_chip import fold_into_chip
+
     weights = WEIGHTS_ALL if masked is False else WEIGHTS_MASKED
     template = (padding + TEMPLATE) / (2 * padding + 1) * size  # dlib's template space
-    t = weighted_similarity(template, pts, weights)
-    # Fold t into dlib's chip rectangle exactly as maskid.alignment.dlib_chip / dlib's get_face_chip_details.
-    scale = math.hypot(t[0, 0], t[1, 0])
-    angle = math.atan2(t[1, 0], t[0, 0])
-    centre = t[:, :2] @ np.array([size / 2.0, size / 2.0]) + t[:, 2]
-    k = (size * scale - 1) / (size - 1)  # centered_drect shrinks the width by one pixel
-    c, s = math.cos(angle), math.sin(angle)
-    m = np.array([[c * k, -s * k, 0.0], [s * k, c * k, 0.0]])
-    mid = (size - 1) / 2
-    m[:, 2] = centre - m[:, :2] @ np.array([mid, mid])
-    return m
+    return fold_into_chip(weighted_similarity(template, pts, weights), size)
 
 
 def similarity_chip_transform(

@@ -126,6 +126,11 @@ class Embedder:
         return self._name
 
     @property
+    def metadata(self) -> dict[str, str]:
+        """The model file's metadata (its contract, provenance, shipped settings), read-only."""
+        return dict(self._meta)
+
+    @property
     def dim(self) -> int:
         return self._dim
 

@@ -26,7 +26,7 @@ EYES_MODEL = "maskid-eyes-v1"
 EYES_FLIP_MODEL = "maskid-eyes-v1-flip"
 DLIB_DAT = "dlib_face_recognition_resnet_model_v1.dat"
 # Bump when the converter's output changes, so stale cached ONNX files are not reused (the
-# builder's own source is hashed into the cache key too: see `_builder_key`).
+# builder's own source is hashed into the cache key too: see `builder_key`).
 CONVERTER_VERSION = "1"
 # The code that builds the converted models: its hash is part of each cached file's name.
 BUILDER_SOURCES = ("dlib/reader.py", "dlib/onnx_build.py")
@@ -116,7 +116,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 @functools.cache
-def _builder_key() -> str:
+def builder_key() -> str:
     """A short hash of the converter's source files (read, never imported: no onnx), so a
     cached model built by other converter code is rebuilt rather than trusted."""
     h = hashlib.sha256(CONVERTER_VERSION.encode())
@@ -140,7 +140,7 @@ def _cached(out: Path) -> bool:
 
 def _converted_dlib(dat: Path) -> Path:
     key = sha256_file(dat)[:16]
-    out = cache_dir() / "models" / f"{DLIB_MODEL}-c{CONVERTER_VERSION}-{_builder_key()}-{key}.onnx"
+    out = cache_dir() / "models" / f"{DLIB_MODEL}-c{CONVERTER_VERSION}-{builder_key()}-{key}.onnx"
     if _cached(out):
         return out
     from maskid.networks.dlib import build_onnx, read_dlib_net
@@ -163,7 +163,7 @@ def _converted_eyes(dat: Path, name: str = EYES_MODEL, flip: bool = False) -> Pa
     key = sha256_file(dat)[:12]
     if EYE_WEIGHTS.is_file():
         key += "-" + sha256_file(EYE_WEIGHTS)[:12]
-    out = cache_dir() / "models" / f"{name}-c{CONVERTER_VERSION}-{_builder_key()}-{key}.onnx"
+    out = cache_dir() / "models" / f"{name}-c{CONVERTER_VERSION}-{builder_key()}-{key}.onnx"
     if _cached(out):
         return out
     # Building needs numpy, onnx and the dlib reader: imported only when the cache misses.
