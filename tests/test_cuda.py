@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,31 @@ def test_cuda_kernel_compiled_where_nvcc_exists() -> None:
     assert info["cuda"] is True, "nvcc is present but the CUDA kernel was not compiled"
     assert hasattr(_core, "warp_batch_cuda")
     assert "87" in info["cuda_archs"]  # Jetson Orin
+
+
+def test_gpu_pipeline_sources_compile_without_the_tensorrt_sdk() -> None:
+    """The device pipeline (CUDA warp -> TensorRT input) and its binding include no TensorRT
+    header, so they compile wherever the CUDA headers are, with the build's warnings-as-errors:
+    a GPU machine is not the first to see them."""
+    import subprocess
+    import sysconfig
+
+    import pybind11
+
+    cuda_include = "/usr/local/cuda/include"
+    if not os.path.exists(os.path.join(cuda_include, "cuda_runtime.h")):
+        pytest.skip("no CUDA headers on this machine")
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    root = Path(__file__).resolve().parents[1]
+    for source in ("cpp/src/device_pipeline.cpp", "cpp/bindings/bind_trt.cpp"):
+        cmd = [compiler, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Wpedantic", "-Werror"]
+        cmd += ["-DMASKID_WITH_CUDA", "-DMASKID_WITH_TENSORRT", f"-I{root / 'cpp/include'}"]
+        cmd += [f"-I{cuda_include}", f"-I{sysconfig.get_paths()['include']}"]
+        cmd += [f"-I{pybind11.get_include()}", str(root / source)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{source}:\n{done.stderr[-3000:]}"
 
 
 def test_backends_report_is_consistent() -> None:

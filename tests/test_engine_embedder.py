@@ -234,3 +234,34 @@ def test_engine_of_a_similarity_model_embeds_like_its_onnx(
     a, b = engine.embed_chips(chips), reference.embed_chips(chips)
     cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.99
+
+
+@pytest.mark.gpu
+def test_device_pipeline_cuts_the_same_chips_as_the_cpu_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lfw10: Path
+) -> None:
+    """The pipeline's GPU path (CUDA warp straight into the engine's device input) against the
+    same engine fed by the CPU warp, on real faces of a real photo at two scales."""
+    if not hasattr(_core, "TrtDevicePipeline"):
+        pytest.skip("the core was built without TensorRT (no GPU machine)")
+    if _core.cuda_device_count() == 0:
+        pytest.skip("no CUDA device visible")
+    import cv2
+
+    from maskid.pipeline.recognizer import Recognizer
+
+    monkeypatch.setenv("MASKID_CACHE", str(tmp_path))
+    tool = build_engine_module()
+    args = tool.argparse.Namespace(
+        model=str(model_path(DEFAULT_MODEL)), precision="fp32", max_batch=8, calib=None, force=True
+    )
+    engine = Embedder(tool.build(args))
+    assert engine.uses_device_pipeline
+    rec = Recognizer(tmp_path / "g", embedder=engine)
+    photo = rec.load(lfw10 / "Colin_Powell" / "Colin_Powell_0002.jpg")
+    for image in (photo, cv2.resize(photo, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)):
+        found = rec.find_faces(image)
+        transforms = [engine.chip_transform(f.landmarks) for f in found.faces]
+        gpu = engine.embed_image(found.source, transforms)
+        cpu = engine.embed_batch(engine.prepare(found.source, transforms))
+        np.testing.assert_allclose(gpu, cpu, atol=1e-4)

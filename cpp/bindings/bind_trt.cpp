@@ -6,6 +6,7 @@
 
 #include "bindings.hpp"
 #include "convert.hpp"
+#include "maskid/device_pipeline.hpp"
 #include "maskid/trt_executor.hpp"
 
 namespace maskid::bind {
@@ -72,6 +73,31 @@ void bind_trt(py::module_& m) {
             return out;
           },
           py::arg("batch"), "float32 (N, C, H, W) -> (N, D); any N, split by max_batch.");
+
+  py::class_<trt::DevicePipeline>(
+      m, "TrtDevicePipeline",
+      "Faces of one image -> descriptors on the GPU: CUDA warp into the engine's device input.")
+      .def(py::init<Executor&>(), py::arg("engine"), py::keep_alive<1, 2>())
+      .def(
+          "run",
+          [](trt::DevicePipeline& p, const py::array& image, const py::array& transforms,
+             int64_t size, const std::array<float, 3>& mean, float scale, bool bgr_out) {
+            const ImageView view = image_view(image, false);
+            const std::vector<double> t = transforms_vec(transforms);
+            const WarpParams params = warp_params(size, mean, scale, 0, bgr_out);
+            validate(view, params);
+            const auto n = static_cast<int64_t>(t.size() / 6);
+            auto out = py::array_t<float>({n, p.output_item_size()});
+            float* dst = out.mutable_data();
+            {
+              py::gil_scoped_release release;
+              p.run(view, t.data(), n, params, dst);
+            }
+            return out;
+          },
+          py::arg("image"), py::arg("transforms"), py::arg("size"), py::arg("mean"),
+          py::arg("scale"), py::arg("bgr_out"),
+          "uint8 (H, W, 3) RGB image + float64 (N, 2, 3) chip transforms -> float32 (N, D).");
 }
 
 }  // namespace maskid::bind

@@ -106,6 +106,13 @@ def _area(lo: np.ndarray, hi: np.ndarray) -> float:
     return float(w * h) if (w > 0 and h > 0) else 0.0
 
 
+def needs_pyramid(m: np.ndarray, size: int = 150) -> bool:
+    """Whether the chip of `m` is sampled from a pyramid level (a face much larger than the
+    chip, anti-aliased as dlib does) rather than from the image itself: see `chip_source`."""
+    centre, half, _ = _decompose(np.asarray(m, dtype=np.float64), size)
+    return _area(*_rect_down(centre - half, centre + half)) > size * size
+
+
 def chip_source(image: np.ndarray, m: np.ndarray, size: int = 150) -> tuple[np.ndarray, np.ndarray]:
     """(source image, M for it): the crop or pyramid level dlib samples, and the transform
     from chip (col, row) to that source's (x, y). Sampling semantics are `extract_chip`'s."""

@@ -197,8 +197,32 @@ class Embedder:
         return self.embed_batch(self.contract.input_batch(chips))
 
     def embed_image(self, image: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
-        """uint8 H x W x 3 RGB image + one chip transform per face (`chip_transform`) -> N x dim."""
+        """uint8 H x W x 3 RGB image + one chip transform per face (`chip_transform`) -> N x dim.
+
+        With a TensorRT engine and a CUDA device the chips are cut on the GPU straight into the
+        engine's input (`uses_device_pipeline`); faces that need a pyramid level (far larger
+        than the chip: dlib's anti-aliasing, done on the CPU) take the CPU path, so both paths
+        give the same chips."""
+        if transforms and self._device_ready(image, transforms):
+            from maskid.networks.tensorrt import TrtCoreEngine
+
+            assert isinstance(self._engine, TrtCoreEngine)
+            c = self.contract
+            batch = np.ascontiguousarray(np.stack(transforms), dtype=np.float64)
+            return self._engine.run_image(image, batch, c.mean, c.scale, c.color_order == "BGR")
         return self.embed_batch(self.prepare(image, transforms))
+
+    @property
+    def uses_device_pipeline(self) -> bool:
+        """Whether chips are warped on the GPU into the engine's device input (TensorRT + CUDA)."""
+        return getattr(self._engine, "device_pipeline", None) is not None
+
+    def _device_ready(self, image: np.ndarray, transforms: list[np.ndarray]) -> bool:
+        if not self.uses_device_pipeline:
+            return False
+        from maskid.alignment.dlib_chip import needs_pyramid
+
+        return not any(needs_pyramid(m, self._size) for m in transforms)
 
     def prepare(self, image: np.ndarray, transforms: list[np.ndarray]) -> np.ndarray:
         """The aligned input batch (N x 3 x S x S float32) for `embed_batch`: the "align" stage,
