@@ -103,3 +103,23 @@ def test_builder_key_reads_no_onnx() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["8", "False"]
+
+
+def test_runtime_package_never_imports_torch() -> None:
+    """torch is for training and export: no module of the installed package may import it
+    (a lazy import inside a function counts too)."""
+    import ast
+
+    package = PACKAGE_DATA.parent
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "torch" or n.startswith("torch.") for n in names):
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert len(list(package.rglob("*.py"))) > 30  # the package itself, not an empty folder
+    assert not offenders, offenders
