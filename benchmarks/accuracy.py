@@ -46,7 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from maskid.apps.evaluate import DescriptorMemo, EvalResult, evaluate_folders
-from maskid.detection.mtcnn import MtcnnDetector
+from maskid.detection import BoxScorer, default_detector
 from maskid.evaluation.metrics import rates, threshold_at_far
 from maskid.evaluation.splits import identity_dirs, lfw_dev, m2fred_halves, rmfd_dev
 from maskid.face import Face
@@ -74,10 +74,11 @@ GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0
 
 
 class MemoDetector:
-    """A detector that answers each distinct image once: every row sees the same faces."""
+    """The product's detector, answering each distinct image once: every row sees the same
+    faces."""
 
     def __init__(self, threads: int) -> None:
-        self._det = MtcnnDetector(threads=threads)
+        self._det = default_detector(threads)
         self._memo: dict[tuple[str, bytes], list[Face]] = {}
 
     def _key(self, kind: str, image: np.ndarray, extra: bytes = b"") -> tuple[str, bytes]:
@@ -98,7 +99,10 @@ class MemoDetector:
     def score_boxes(self, image: np.ndarray, boxes: np.ndarray) -> list[Face]:
         key = self._key("boxes", image, np.asarray(boxes, np.float64).tobytes())
         if key not in self._memo:
-            self._memo[key] = self._det.score_boxes(image, boxes)
+            scorer = self._det
+            self._memo[key] = (
+                scorer.score_boxes(image, boxes) if isinstance(scorer, BoxScorer) else []
+            )
         return self._copy(self._memo[key])
 
 
@@ -153,8 +157,8 @@ def run_row(
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     emb = Embedder(model, threads=threads)
-    rec = Recognizer(None, mask_copies=copies, detector=detector, embedder=emb)  # type: ignore[arg-type]
-    plain = Recognizer(None, mask_copies=0, detector=detector, embedder=emb)  # type: ignore[arg-type]
+    rec = Recognizer(None, mask_copies=copies, detector=detector, embedder=emb)
+    plain = Recognizer(None, mask_copies=0, detector=detector, embedder=emb)
     # Probes do not depend on the copies: one probe memo per model, enrollments per recognizer.
     memo = DescriptorMemo(probes=probe_memos.setdefault(model, DescriptorMemo()).probes)
     plain_memo = DescriptorMemo(probes=memo.probes)
