@@ -29,6 +29,7 @@ def _omz() -> ModelContract:
 
 
 def test_detect_records_product_faces(faces, shared_data) -> None:
+    from maskid.detection.mtcnn import MtcnnDetector
     from maskid.io.images import load_image
     from maskid.pipeline.recognizer import Recognizer
 
@@ -39,7 +40,7 @@ def test_detect_records_product_faces(faces, shared_data) -> None:
     assert not faces["masked"][~m2].any()
     assert faces["found"].mean() > 0.8
     # Landmarks are in the original image: the product's, less its border.
-    rec = Recognizer(None, threads=1)
+    rec = Recognizer(None, threads=1, detector=MtcnnDetector(threads=1))  # as the cache pins it
     for i in (0, 8):
         img = load_image(shared_data / str(faces["path"][i]))
         found = rec.find_faces(img)
@@ -66,6 +67,7 @@ def test_detect_resumes(faces, shared_data, tmp_path) -> None:
 
 def test_chips_equal_product_preprocessing(faces, shared_data, tmp_path) -> None:
     from maskid.alignment.similarity import model_chip_transform
+    from maskid.detection.mtcnn import MtcnnDetector
     from maskid.io.images import load_image
     from maskid.networks.embedder import Embedder
     from maskid.pipeline.recognizer import Recognizer
@@ -79,7 +81,7 @@ def test_chips_equal_product_preprocessing(faces, shared_data, tmp_path) -> None
     assert len(chips) == int(faces["found"].sum()) and (index["copy"] == 0).all()
     assert index["contract"] == contract
 
-    rec = Recognizer(None, threads=1)
+    rec = Recognizer(None, threads=1, detector=MtcnnDetector(threads=1))  # as the cache pins it
     for j in (0, len(chips) - 1):
         img = load_image(shared_data / str(index["path"][j]))
         found = rec.find_faces(img)

@@ -176,23 +176,27 @@ def _empty_results(n: int) -> dict[str, np.ndarray]:
 
 
 class _Detection:
-    """The product's photo detection (`Recognizer.detect`), noting when the face came from the
-    whole-crop ONet fallback (`MtcnnDetector.score_boxes`)."""
+    """The product's photo detection policy (`Recognizer.find_faces`) with MTCNN, noting when
+    the face came from the whole-crop ONet fallback (`MtcnnDetector.score_boxes`).
+
+    MTCNN is pinned, not the product's current default detector: the shipped `maskid-eyes-v2`
+    was trained on chips aligned from MTCNN's landmarks, and `reproduce_eyes_v2.sh` must keep
+    rebuilding that file exactly."""
 
     def __init__(self, threads: int = 1) -> None:
+        from maskid.detection.mtcnn import MtcnnDetector
         from maskid.pipeline.recognizer import Recognizer
 
-        self.rec = Recognizer(None, threads=threads)
-        det = self.rec.detector
+        outer = self
+
+        class _Noting(MtcnnDetector):
+            def score_boxes(self, image_rgb: np.ndarray, boxes: np.ndarray) -> list[Any]:
+                faces = super().score_boxes(image_rgb, boxes)
+                outer.used_fallback = bool(faces)
+                return faces
+
         self.used_fallback = False
-        original = det.score_boxes
-
-        def score_boxes(image_rgb: np.ndarray, boxes: np.ndarray) -> list[Any]:
-            faces = original(image_rgb, boxes)
-            self.used_fallback = bool(faces)
-            return faces
-
-        det.score_boxes = score_boxes  # type: ignore[method-assign]
+        self.rec = Recognizer(None, threads=threads, detector=_Noting(threads=threads))
 
     def __call__(self, image: np.ndarray) -> tuple[list[Any], int, bool]:
         self.used_fallback = False
