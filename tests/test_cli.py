@@ -194,7 +194,12 @@ def test_enroll_masked_recognition_and_remove_across_processes(
 def test_embed_json_and_aligned_chip(lfw10: Path, tmp_path: Path) -> None:
     image = lfw10 / "Vladimir_Putin" / "Vladimir_Putin_0001.jpg"
     doc = json.loads(run("embed", str(image), "--json", "--model", "dlib-resnet-v1").stdout)
-    (face,) = doc["faces"]
+    # Every face, largest first: Putin, then (with a sharp enough detector) the man behind him,
+    # whose face the top edge cuts.
+    face = doc["faces"][0]
+    x1, y1, x2, y2 = face["box"]
+    assert x1 < 125 < x2 and y1 < 125 < y2  # the subject fills the middle of the 250 px photo
+    assert all((b[2] - b[0]) < (x2 - x1) for b in (f["box"] for f in doc["faces"][1:]))
     assert len(face["descriptor"]) == 128 and len(face["box"]) == 4
     norm = float(np.linalg.norm(face["descriptor"]))
     assert 0.5 < norm < 3.0  # dlib's raw (unnormalised) descriptor

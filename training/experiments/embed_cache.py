@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def enroll_row(name: str, ident: str, kind: str, img: np.ndarray, seed: int) -> None:
         try:
-            face, context = rec.enroll_face(img)  # same skip rule as maskid eval
+            found = rec.enroll_face(img)  # same skip rule as maskid eval
+            face, context = found.faces[0], found.source
         except MaskidError:
             add(name, ident, kind, nan, {})
             return

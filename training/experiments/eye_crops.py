@@ -95,7 +95,8 @@ def product_chips(c: Cache, copies: bool = True) -> tuple[np.ndarray, np.ndarray
         img = rec.load(path)
         if c.kinds[i] == "m2fred-enroll":  # as embed_cache / the product enroll it
             try:
-                face, ctx = rec.enroll_face(img)
+                found = rec.enroll_face(img)
+                face, ctx = found.faces[0], found.source
             except MaskidError:
                 continue
             assert face.chip_transform is not None

@@ -221,7 +221,7 @@ def _refuse_duplicates(rec: Recognizer, name: str, images: tuple[Path, ...]) -> 
         return
     for image in images:
         try:
-            face, _ = rec.enroll_face(rec.load(image))
+            face = rec.enroll_face(rec.load(image)).faces[0]
         except MaskidError:
             continue
         assert face.descriptor is not None

@@ -114,11 +114,11 @@ def evaluate_folders(
 def _enrollment(rec: Recognizer, path: Path) -> np.ndarray | None:
     """The photo's enrolled vectors (descriptor + masked copies), None without a usable face."""
     try:
-        face, context = rec.enroll_face(rec.load(path))
+        found = rec.enroll_face(rec.load(path))
     except MaskidError:
         return None
     seed = int(sha256_file(path)[:8], 16)  # same masks as `maskid enroll` would draw
-    return rec.enrollment_vectors(context, face, seed)
+    return rec.enrollment_vectors(found, seed)
 
 
 def _probe(rec: Recognizer, path: Path) -> np.ndarray | None:

@@ -1,8 +1,10 @@
 """Face detection: every detector returns `Face`s with a box, a score and the same 5 landmarks
 (eye centres, nose tip, mouth corners), largest face first, so alignment never cares which ran.
 
-`FaceDetector` is the interface; `mtcnn.MtcnnDetector` the detector shipped today;
-`tight_crops.find_faces` the policy for photos that are already a tight face crop.
+`FaceDetector` is the interface; `default_detector()` the product's choice,
+`cascade.CascadeDetector` (`yunet.YunetDetector` finds, MTCNN's ONet places the points);
+`mtcnn.MtcnnDetector` the detector shipped before; `tight_crops.find_faces` the policy for
+photos that are already a tight face crop.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ class BoxScorer(Protocol):
 
 
 def default_detector(threads: int | None = None) -> FaceDetector:
-    """The detector the product uses (`threads`: CPU threads; None: its default)."""
-    from maskid.detection.mtcnn import MtcnnDetector
+    """The detector the product uses (`threads`: CPU threads; None: its default): the cascade
+    of YuNet and MTCNN's ONet, the best measured by benchmarks/detection.py (README)."""
+    from maskid.detection.cascade import CascadeDetector
 
-    return MtcnnDetector() if threads is None else MtcnnDetector(threads=threads)
+    return CascadeDetector() if threads is None else CascadeDetector(threads=threads)
 
 
 __all__ = ["BoxScorer", "FaceDetector", "default_detector"]

@@ -165,6 +165,10 @@ class MtcnnDetector:
         model_dir: folder with pnet/rnet/onet.onnx (default: the bundled models).
     """
 
+    # PNet and RNet need context around a face: tight crops are searched with a border
+    # (maskid.detection.tight_crops).
+    needs_border = True
+
     def __init__(
         self,
         min_face_size: float = 20.0,
@@ -239,23 +243,36 @@ class MtcnnDetector:
 
         Returns the candidates ONet scores at least `score_threshold`, largest first.
         """
+        faces = [
+            Face(box=b, score=float(s), landmarks=p)
+            for b, s, p in zip(*self.onet(image_rgb, boxes), strict=True)
+            if s >= self.score_threshold
+        ]
+        faces.sort(key=lambda f: f.size, reverse=True)
+        return faces
+
+    def onet(
+        self, image_rgb: np.ndarray, boxes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ONet alone on given boxes (N, 4), each squared about its centre: per box its regressed
+        box (N, 4), face score (N,) and 5 points (N, 5, 2), in image pixels, in input order (the
+        cascade puts these points on another detector's boxes). Outside the image is black."""
         image = _check_image(image_rgb)
         cand = np.hstack([np.asarray(boxes, np.float64).reshape(-1, 4), np.ones((len(boxes), 1))])
+        if len(cand) == 0:
+            return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+        squared = _square(cand)
         pyr = _Pyramid(image)
         pyr.add_halvings(1.0)
         with self._lock:
-            x = pyr.crops(_square(cand), 48)
+            x = pyr.crops(squared, 48)
             reg, lm, prob = self._onet.run(None, {"image": x})
-        faces = []
-        for b, r, p, score in zip(_square(cand), reg, lm, prob, strict=True):
-            if score < self.score_threshold:
-                continue
-            w, h = b[2] - b[0], b[3] - b[1]
-            points = np.stack([b[0] + p[0:5] * w, b[1] + p[5:10] * h], axis=1)
-            box = _regress(b[None, :4], r[None])[0]
-            faces.append(Face(box=box, score=float(score), landmarks=points))
-        faces.sort(key=lambda f: f.size, reverse=True)
-        return faces
+        side = (squared[:, 2:3] - squared[:, 0:1], squared[:, 3:4] - squared[:, 1:2])
+        points = np.stack(
+            [squared[:, 0:1] + lm[:, 0:5] * side[0], squared[:, 1:2] + lm[:, 5:10] * side[1]],
+            axis=2,
+        )
+        return _regress(squared[:, :4], reg), np.asarray(prob, np.float64).reshape(-1), points
 
     # -- stages ------------------------------------------------------------------------------
     def _scales(self, h: int, w: int, min_face: float) -> list[float]:

@@ -293,10 +293,14 @@ class Recognizer:
         return gallery_exists(self.gallery_location)
 
     # -- enrollment -----------------------------------------------------------------------
-    def enrollment_vectors(self, image: np.ndarray, face: Face, seed: int) -> np.ndarray:
-        """The described face's descriptor plus those of `mask_copies` synthetically masked
-        copies of it (random styles and colours drawn from `seed`, so a re-run enrolls the same
-        copies). `image` is the source the face was found in (`FoundFaces.source`)."""
+    def enrollment_vectors(
+        self, found: FoundFaces, seed: int, face: Face | None = None
+    ) -> np.ndarray:
+        """The descriptor of `face` (by default the largest of `found`, as `enroll_face` and
+        `analyze_in_context` return it) plus those of `mask_copies` synthetically masked copies
+        of it (random styles and colours drawn from `seed`, so a re-run enrolls the same copies)."""
+        face = found.faces[0] if face is None else face
+        image = found.source
         if face.descriptor is None or face.chip_transform is None:
             raise ValueError("describe the face before enrolling it")
         vectors = [face.descriptor]
@@ -308,47 +312,54 @@ class Recognizer:
                 m = apply_mask(
                     image, face.landmarks, rng=rng, raise_top=COPY_RAISE_TOP, widen=COPY_WIDEN
                 )
-                t = self.copy_transform(m, face) if COPY_REDETECT else face.chip_transform
+                t = (
+                    self.copy_transform(m, face, found.border)
+                    if COPY_REDETECT
+                    else face.chip_transform
+                )
                 vectors.append(self.embedder.embed_image(m, [t])[0])
         return np.stack(vectors)
 
-    def copy_transform(self, masked: np.ndarray, face: Face) -> np.ndarray:
+    def copy_transform(self, masked: np.ndarray, face: Face, border: int = 0) -> np.ndarray:
         """The chip transform of a synthetically masked copy of `face`, aligned as a real masked
         probe is: from the landmarks the detector finds on the masked image (the detection whose
         box overlaps `face.box` most, IoU >= `COPY_MIN_IOU`); `face`'s own transform if none.
 
-        `masked` is in the coordinates `face` was found in (the source image, already bordered
-        for a tight crop, as a probe's image is before detection)."""
+        `masked` is in the coordinates `face` was found in (the source image, bordered by
+        `border` for a tight crop), and is searched as the photo was (`detect_in_source`)."""
+        from maskid.detection.tight_crops import detect_in_source
+
         assert face.chip_transform is not None
         best, best_iou = None, COPY_MIN_IOU
-        for f in self.detector.detect(masked):
+        for f in detect_in_source(self.detector, masked, border):
             overlap = float(iou(f.box, face.box)[0, 0])
             if overlap >= best_iou:
                 best, best_iou = f, overlap
         return face.chip_transform if best is None else self.embedder.chip_transform(best.landmarks)
 
-    def enroll_face(self, image: np.ndarray) -> tuple[Face, np.ndarray]:
-        """The single described face of an enrollment photo (several faces is an error: whose
-        is it?), with the source image it was found in (see `analyze_in_context`)."""
+    def enroll_face(self, image: np.ndarray) -> FoundFaces:
+        """The described faces of an enrollment photo, which must show one person (a second
+        face of comparable size is an error: whose is it?); the subject is `faces[0]`, in the
+        coordinates of `source` (see `analyze_in_context`)."""
         found = self.analyze_in_context(image)
         faces = found.faces
         if not faces:
             raise NoFaceError("no face found")
         if len(faces) > 1 and faces[1].size > 0.25 * faces[0].size:
             raise NoFaceError(f"{len(faces)} faces found; enroll from a photo of one person")
-        return faces[0], found.source
+        return found
 
     def enroll(self, name: str, images: Iterable[ImageInput]) -> int:
         """Add a person from one or more photos; returns the number of photos enrolled."""
         items = []
         for image in images:
             try:
-                face, context = self.enroll_face(self.load(image))
+                found = self.enroll_face(self.load(image))
             except NoFaceError as e:
                 raise NoFaceError(f"{_label(image)}: {e}") from None
             source = _source(image)
             seed = int(source["sha256"][:8], 16)
-            items.append((self.enrollment_vectors(context, face, seed), source))
+            items.append((self.enrollment_vectors(found, seed), source))
         gallery = self.gallery(create=True)
         with gallery.batch() as batch:
             for vectors, source in items:
@@ -390,13 +401,12 @@ class Recognizer:
                 except MaskidError:
                     report.unreadable.append(str(path))
                     continue
-                faces, context = found.faces, found.source
-                if not faces:
+                if not found.faces:
                     report.no_face.append(str(path))
                     continue
                 # Dataset photos often show bystanders: the largest face is the subject.
                 seed = int(source["sha256"][:8], 16)
-                vectors = self.enrollment_vectors(context, faces[0], seed)
+                vectors = self.enrollment_vectors(found, seed)
                 batch.add(name, vectors, [source] * len(vectors))
                 report.added += 1
         report.identities = len(gallery.identities())
