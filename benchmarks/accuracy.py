@@ -39,6 +39,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ import numpy as np
 from tqdm import tqdm
 
 from maskid.apps.evaluate import DescriptorMemo, EvalResult, evaluate_folders
-from maskid.detection import BoxScorer, default_detector
+from maskid.detection import BoxScorer, FaceDetector, default_detector
+from maskid.detection.cascade import CascadeDetector
+from maskid.detection.mtcnn import MtcnnDetector
 from maskid.evaluation.metrics import rates, threshold_at_far
 from maskid.evaluation.splits import identity_dirs, lfw_dev, m2fred_halves, rmfd_dev
 from maskid.face import Face
@@ -73,12 +76,20 @@ QUICK_ROWS = ["dlib-resnet-v1:0", "maskid-eyes-v1:3"]
 GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
 
+DETECTORS: dict[str, Callable[[int], FaceDetector]] = {
+    "default": default_detector,
+    "mtcnn": lambda threads: MtcnnDetector(threads=threads),
+    "cascade": lambda threads: CascadeDetector(threads=threads),
+    "mtcnn-first": lambda threads: CascadeDetector(mtcnn_first=True, threads=threads),
+}
+
+
 class MemoDetector:
     """The product's detector, answering each distinct image once: every row sees the same
     faces."""
 
-    def __init__(self, threads: int) -> None:
-        self._det = default_detector(threads)
+    def __init__(self, threads: int, which: str = "default") -> None:
+        self._det = DETECTORS[which](threads)
         self._memo: dict[tuple[str, bytes], list[Face]] = {}
 
     def _key(self, kind: str, image: np.ndarray, extra: bytes = b"") -> tuple[str, bytes]:
@@ -305,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--threads", type=int, default=1, help="detector/embedder threads (0: all)")
     ap.add_argument(
+        "--detector",
+        choices=sorted(DETECTORS),
+        default="default",
+        help="the detector every row uses (default: the product's); settings are only written "
+        "for the product's",
+    )
+    ap.add_argument(
         "--write-settings",
         action="store_true",
         help=f"write thresholds, copies and the default to {SETTINGS_FILE.name}",
@@ -316,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quick and args.write_settings:
         ap.error("--quick figures must not become settings")
+    if args.detector != "default" and args.write_settings:
+        ap.error("settings are measured with the product's detector (--detector default)")
     rows = args.row or (QUICK_ROWS if args.quick else DEFAULT_ROWS)
     parsed = []
     for row in rows:
@@ -327,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or (os.cpu_count() or 1)
     tmp = Path(tempfile.mkdtemp(prefix="maskid-accuracy-"))
     prots = protocols(data, tmp, args.quick)
-    detector = MemoDetector(threads)
+    detector = MemoDetector(threads, args.detector)
     probe_memos: dict[str, DescriptorMemo] = {}
     results: dict[str, dict[str, Any]] = {}
     for model, copies in tqdm(parsed, desc="rows", unit="row"):

@@ -1,4 +1,5 @@
-"""The product's detector (maskid.detection.cascade) and the tight-crop policy on real masks:
+"""The cascade detector (maskid.detection.cascade, $MASKID_DETECTOR=cascade) and the tight-crop
+policy on real masks:
 RMFD's and M2FRED's real masked crops, MTCNN's points, face-free images, the bordered source."""
 
 from __future__ import annotations
@@ -23,9 +24,21 @@ from face_free import face_free
 
 @pytest.fixture(scope="module")
 def cascade() -> CascadeDetector:
-    det = default_detector()
+    det = default_detector(name="cascade")
     assert isinstance(det, CascadeDetector)
     return det
+
+
+def test_the_default_is_mtcnn_and_the_environment_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from maskid.errors import UsageError
+
+    monkeypatch.delenv("MASKID_DETECTOR", raising=False)
+    assert isinstance(default_detector(), MtcnnDetector)
+    monkeypatch.setenv("MASKID_DETECTOR", "cascade")
+    assert isinstance(default_detector(threads=1), CascadeDetector)
+    monkeypatch.setenv("MASKID_DETECTOR", "hog")
+    with pytest.raises(UsageError, match="unknown detector 'hog'"):
+        default_detector()
 
 
 def centred(faces: list[Face], pad: int, shape: tuple[int, ...]) -> bool:

@@ -1,10 +1,10 @@
 """Face detection: every detector returns `Face`s with a box, a score and the same 5 landmarks
 (eye centres, nose tip, mouth corners), largest face first, so alignment never cares which ran.
 
-`FaceDetector` is the interface; `default_detector()` the product's choice,
-`cascade.CascadeDetector` (`yunet.YunetDetector` finds, MTCNN's ONet places the points);
-`mtcnn.MtcnnDetector` the detector shipped before; `tight_crops.find_faces` the policy for
-photos that are already a tight face crop.
+`FaceDetector` is the interface; `default_detector()` the product's choice, MTCNN
+(`mtcnn.MtcnnDetector`) or, with $MASKID_DETECTOR=cascade, `cascade.CascadeDetector`
+(`yunet.YunetDetector` finds, MTCNN's ONet places the points); `tight_crops.find_faces` the
+policy for photos that are already a tight face crop.
 """
 
 from __future__ import annotations
@@ -32,12 +32,36 @@ class BoxScorer(Protocol):
     def score_boxes(self, image_rgb: np.ndarray, boxes: np.ndarray) -> list[Face]: ...
 
 
-def default_detector(threads: int | None = None) -> FaceDetector:
-    """The detector the product uses (`threads`: CPU threads; None: its default): the cascade
-    of YuNet and MTCNN's ONet, the best measured by benchmarks/detection.py (README)."""
-    from maskid.detection.cascade import CascadeDetector
-
-    return CascadeDetector() if threads is None else CascadeDetector(threads=threads)
+# The detectors a user can choose by name ($MASKID_DETECTOR, `default_detector(name=)`).
+DETECTORS = ("mtcnn", "cascade")
 
 
-__all__ = ["BoxScorer", "FaceDetector", "default_detector"]
+def default_detector(threads: int | None = None, name: str | None = None) -> FaceDetector:
+    """The detector the product uses (`threads`: CPU threads; None: its default).
+
+    MTCNN, unless `name` or $MASKID_DETECTOR says "cascade". The cascade (YuNet finds, ONet
+    places the points) finds more masked faces, faster (benchmarks/detection.py), but its points
+    cost the shipped embedders at their operating thresholds: the dev score of the default
+    embedder is 0.522 with it against 0.534 with MTCNN (masked probes named, M2FRED dev 0.736 vs
+    0.793; benchmarks/accuracy.py --detector), so MTCNN stays the default by the product's rule.
+    """
+    import os
+
+    from maskid.errors import UsageError
+
+    chosen = name or os.environ.get("MASKID_DETECTOR") or "mtcnn"
+    n = 2 if threads is None else threads  # both detectors' default
+    if chosen == "mtcnn":
+        from maskid.detection.mtcnn import MtcnnDetector
+
+        return MtcnnDetector(threads=n)
+    if chosen == "cascade":
+        from maskid.detection.cascade import CascadeDetector
+
+        return CascadeDetector(threads=n)
+    raise UsageError(
+        f"unknown detector {chosen!r} ($MASKID_DETECTOR): choose one of {', '.join(DETECTORS)}"
+    )
+
+
+__all__ = ["DETECTORS", "BoxScorer", "FaceDetector", "default_detector"]

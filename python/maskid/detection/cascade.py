@@ -1,8 +1,11 @@
-"""The product's detector: YuNet finds the faces, MTCNN's ONet places the five points.
+"""The cascade detector ($MASKID_DETECTOR=cascade): YuNet finds the faces, MTCNN's ONet places
+the five points.
 
 - Finding: YuNet (`maskid.detection.yunet`) with mirror verification of uncertain candidates.
   It finds masked faces MTCNN's PNet/RNet reject (RMFD's tight masked crops, test ids: 0.967
-  vs 0.874) at about 6 ms per 640x480 frame against MTCNN's 15 (benchmarks/detection.py).
+  vs 0.874) in less time per frame (benchmarks/detection.py).
+- Not the default: its points cost the shipped embedders at their thresholds (dev score of the
+  default embedder 0.522 vs 0.534 with MTCNN; README, "Detection").
 - Landmarks: ONet on each YuNet box. YuNet's own points sit ~0.1 inter-ocular distances from
   MTCNN's, and every embedder's template and the shipped thresholds were fitted on MTCNN's
   points; ONet's points on YuNet's boxes agree with MTCNN's own within ~0.035 on unmasked faces
@@ -37,6 +40,9 @@ class CascadeDetector:
             threshold are kept where ONet scores them at least `rescue_onet` (None: never).
             Small masked faces in camera frames often score low on YuNet yet high on ONet
             (dev, masked faces in frames: +1 to +11 points depending on YuNet's max_side).
+        mtcnn_first: run MTCNN (its whole cascade, a border for small photos) first and YuNet
+            only where it finds nothing: MTCNN's faces keep MTCNN's own points, to which the
+            embedders' thresholds were fitted; YuNet adds the faces MTCNN misses.
         threads, providers: ONNX Runtime settings for the default stages.
     """
 
@@ -50,6 +56,7 @@ class CascadeDetector:
         onet_floor: float = 0.05,
         rescue_from: float | None = RESCUE_FROM,
         rescue_onet: float = RESCUE_ONET,
+        mtcnn_first: bool = False,
         threads: int = 2,
         providers: Sequence[str] | None = None,
     ) -> None:
@@ -58,12 +65,17 @@ class CascadeDetector:
         self.onet_floor = float(onet_floor)
         self.rescue_from = rescue_from
         self.rescue_onet = float(rescue_onet)
+        self.mtcnn_first = mtcnn_first
 
     def __repr__(self) -> str:
         return f"CascadeDetector({self.yunet!r}, landmarks: ONet)"
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 H x W x 3 image, largest first (see `FaceDetector`)."""
+        if self.mtcnn_first:
+            faces = self._mtcnn(image_rgb)
+            if faces:
+                return faces
         threshold = self.yunet.score_threshold
         low = None if self.rescue_from is None else min(self.rescue_from, threshold)
         faces = self.yunet.detect(image_rgb, min_score=low)
@@ -84,6 +96,21 @@ class CascadeDetector:
                 f.landmarks = p
                 kept.append(f)
         return kept
+
+    def _mtcnn(self, image_rgb: np.ndarray) -> list[Face]:
+        """MTCNN as its own policy runs it: small photos with a 50% edge-replicated border."""
+        from maskid.detection.tight_crops import SMALL_IMAGE
+
+        h, w = image_rgb.shape[:2]
+        if min(h, w) > SMALL_IMAGE:
+            return self.mtcnn.detect(image_rgb)
+        pad = max(h, w) // 2
+        padded = cv2.copyMakeBorder(image_rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        faces = self.mtcnn.detect(padded)
+        for f in faces:
+            f.box = f.box - pad
+            f.landmarks = f.landmarks - pad
+        return faces
 
     def landmarks(self, image_rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ONet's face score (N,) and 5 points (N, 5, 2) for each box (N, 4) of the image.
