@@ -6,13 +6,15 @@
 
 `enroll` prints READY once the gallery is open, then "OK <name>" (flushed) after each commit.
 The environment variable MASKID_GALLERY_CRASH_AT makes the gallery SIGKILL its own process at
-that point of a commit (see maskid.gallery.store.CRASH_POINTS).
+that point of a commit (see maskid.gallery.store.CRASH_POINTS); GALLERY_WORKER_REWRITE=1 makes
+every commit write a new generation (compact) instead of appending to the journal.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 
 import numpy as np
@@ -40,6 +42,8 @@ def main(argv: list[str]) -> int:
     if cmd == "enroll":
         prefix, count = argv[2], int(argv[3])
         g = Gallery.open(path, embedder_id=EMBEDDER, dim=DIM, create=True, lock_timeout=30)
+        if os.environ.get("GALLERY_WORKER_REWRITE") == "1":
+            g.journal_limit = 0
         print("READY", flush=True)
         i = 0
         while count == 0 or i < count:

@@ -17,7 +17,14 @@ import pytest
 
 from gallery_worker import DIM, EMBEDDER, source_for, vector_for
 from maskid.errors import GalleryError, UnknownIdentityError, UsageError
-from maskid.gallery.store import CRASH_POINTS, FORMAT_VERSION, Gallery, validate_name
+from maskid.gallery.store import (
+    APPEND_CRASH_POINTS,
+    CRASH_POINTS,
+    FORMAT_VERSION,
+    REWRITE_CRASH_POINTS,
+    Gallery,
+    validate_name,
+)
 
 WORKER = Path(__file__).with_name("gallery_worker.py")
 
@@ -352,6 +359,7 @@ def test_concurrent_writers_lose_nothing(gdir: Path):
     # Stale generations were cleaned up: one of each file remains.
     assert sorted(p.name.split("-")[0] for p in gdir.iterdir() if "-" in p.name) == [
         "index",
+        "journal",
         "meta",
         "sources",
     ]
@@ -361,11 +369,15 @@ def test_concurrent_writers_lose_nothing(gdir: Path):
 def test_crash_at_each_commit_step(gdir: Path, point: str):
     g = new_gallery(gdir)
     g.add_many((n, vector_for(n), [source_for(n)]) for n in ("pre-0", "pre-1"))
-    r = worker("enroll", str(gdir), "victim", "1", env={"MASKID_GALLERY_CRASH_AT": point})
+    env = {"MASKID_GALLERY_CRASH_AT": point}
+    if point in REWRITE_CRASH_POINTS:
+        env["GALLERY_WORKER_REWRITE"] = "1"  # the victim's commit writes a new generation
+    r = worker("enroll", str(gdir), "victim", "1", env=env)
     assert r.returncode == -signal.SIGKILL
     ids = Gallery.open(gdir).identities()
     assert {"pre-0", "pre-1"} <= set(ids)
-    committed = point in ("manifest-renamed", "cleanup")
+    # An appended record is committed once whole (the page cache survives a SIGKILL).
+    committed = point in ("manifest-renamed", "cleanup", "journal-written", "journal-synced")
     assert ("victim-0" in ids) == committed
     # The next writer (here, one that loaded the gallery before the crash) carries on.
     g.add("post-0", vector_for("post-0"))
@@ -403,3 +415,261 @@ def test_kill_9_at_random_moments(gdir: Path):
     for name in rnd.sample(sorted(reported), 10):
         assert g.search(vector_for(name), k=1)[0][0].identity == name
     assert time.monotonic() - t0 < 60
+
+
+# -- journal -----------------------------------------------------------------------------------
+def manifest_of(gdir: Path) -> dict:
+    return json.loads((gdir / "manifest.json").read_text())
+
+
+def journal_of(gdir: Path) -> Path:
+    return gdir / manifest_of(gdir)["journal"]["name"]
+
+
+def enroll_each(g: Gallery, names: list[str]) -> None:
+    """One commit per name, as separate enrollments make."""
+    for n in names:
+        g.add(n, vector_for(n), [source_for(n)])
+
+
+def test_commit_appends_without_rewriting_the_base(gdir: Path):
+    g = new_gallery(gdir)
+    enroll_each(g, ["base"])
+    base = manifest_of(gdir)
+    base_files = {p.name: p.stat().st_mtime_ns for p in gdir.iterdir() if p.suffix != ".log"}
+    gen = g.generation
+    sizes = []
+    for i, n in enumerate(["a", "b", "c"]):
+        enroll_each(g, [n])
+        assert g.generation == gen + i + 1  # one commit each
+        sizes.append(journal_of(gdir).stat().st_size)
+    assert sizes == sorted(sizes) and sizes[0] > 0
+    # The manifest and the base files are untouched: each commit was one appended record.
+    assert manifest_of(gdir) == base
+    assert {p.name: p.stat().st_mtime_ns for p in gdir.iterdir() if p.suffix != ".log"} == (
+        base_files
+    )
+    g2 = Gallery.open(gdir)
+    assert g2.identities() == {"a": 1, "b": 1, "base": 1, "c": 1}
+    assert g2.generation == g.generation
+    assert g2.search(vector_for("b"), k=1)[0][0].identity == "b"
+    assert g2.has_source(source_for("c")["sha256"])
+    g2.remove("a")
+    assert Gallery.open(gdir).identities() == {"b": 1, "base": 1, "c": 1}
+    assert Gallery.read_identities(gdir)[0] == {"b": 1, "base": 1, "c": 1}
+
+
+def test_torn_tail_is_ignored_then_cut(gdir: Path):
+    g = new_gallery(gdir)
+    enroll_each(g, ["a", "b"])
+    journal = journal_of(gdir)
+    whole = journal.read_bytes()
+    enroll_each(g, ["c"])
+    record = journal.read_bytes()[len(whole) :]
+    for cut in (1, 20, len(record) // 2, len(record) - 1):  # a writer died mid-append
+        journal.write_bytes(whole + record[:cut])
+        assert Gallery.open(gdir).identities() == {"a": 1, "b": 1}
+        assert Gallery.read_identities(gdir)[0] == {"a": 1, "b": 1}
+    journal.write_bytes(whole + bytes(300))  # zeros: a lost write after a power cut
+    assert Gallery.open(gdir).identities() == {"a": 1, "b": 1}
+    # The next writer cuts the tail and appends after the last whole record.
+    g2 = Gallery.open(gdir, embedder_id=EMBEDDER, dim=DIM, create=True)
+    enroll_each(g2, ["d"])
+    assert journal.read_bytes()[: len(whole)] == whole
+    assert Gallery.open(gdir).identities() == {"a": 1, "b": 1, "d": 1}
+    assert Gallery.open(gdir).search(vector_for("d"), k=1)[0][0].identity == "d"
+
+
+def test_damaged_journal_record_is_corruption(gdir: Path):
+    g = new_gallery(gdir)
+    enroll_each(g, ["a", "b", "c"])
+    journal = journal_of(gdir)
+    whole = journal.read_bytes()
+
+    def damage(at: int, mask: int = 0x55) -> None:
+        data = bytearray(journal.read_bytes())
+        data[at] ^= mask
+        journal.write_bytes(bytes(data))
+
+    damage(60)  # inside the first record, with whole records after it
+    with pytest.raises(GalleryError, match=r"corrupt.*journal"):
+        Gallery.open(gdir)
+    with pytest.raises(GalleryError, match="corrupt"):
+        Gallery.read_identities(gdir)
+    with pytest.raises(GalleryError, match="corrupt"):
+        Gallery.open(gdir, embedder_id=EMBEDDER, dim=DIM, create=True)  # a writer too
+    damage(60)
+    # A writer catching up on records appended since it loaded refuses a damaged one too.
+    h = Gallery.open(gdir, embedder_id=EMBEDDER, dim=DIM, create=True)
+    enroll_each(g, ["d", "e"])
+    damage(len(whole) + 60)  # inside d's record
+    with pytest.raises(GalleryError, match="corrupt"):
+        h.add("f", vector_for("f"))
+    damage(len(whole) + 60)
+    damage(5, 0x01)  # a damaged length is not taken for a torn tail (losing b to e)
+    with pytest.raises(GalleryError, match=r"corrupt.*bad record header"):
+        Gallery.open(gdir)
+    damage(5, 0x01)
+    assert Gallery.open(gdir).identities() == {n: 1 for n in "abcde"}
+    journal.unlink()
+    with pytest.raises(GalleryError, match="missing"):
+        Gallery.open(gdir)
+
+
+def test_compaction_writes_a_new_generation(gdir: Path):
+    g = new_gallery(gdir)
+    enroll_each(g, ["a"])
+    record = journal_of(gdir).stat().st_size
+    g.journal_limit = 3 * record + record // 2  # room for 3 records
+    first = manifest_of(gdir)
+    enroll_each(g, ["b", "c"])
+    g.remove("a")
+    assert manifest_of(gdir)["generation"] == first["generation"]
+    enroll_each(g, ["d"])  # the journal is full: compact
+    m = manifest_of(gdir)
+    assert m["generation"] == first["generation"] + 1
+    assert m["format_version"] == FORMAT_VERSION and m["commit"] == g.generation
+    assert journal_of(gdir).stat().st_size == 0
+    # Only the new generation's files remain, and they hold everything.
+    assert sorted(p.name for p in gdir.iterdir() if "-" in p.name) == sorted(
+        [*(f["name"] for f in m["files"].values()), m["journal"]["name"]]
+    )
+    assert m["count"] == 3 and m["identities"] == 3
+    g2 = Gallery.open(gdir)
+    assert g2.identities() == {"b": 1, "c": 1, "d": 1}
+    assert g2.generation == g.generation
+    assert [g2.search(vector_for(n), k=1)[0][0].identity for n in "bcd"] == list("bcd")
+    assert g2.has_source(source_for("b")["sha256"]) and not g2.has_source(source_for("a")["sha256"])
+    enroll_each(g2, ["e"])  # and appends to the new journal
+    assert Gallery.open(gdir).identities() == {"b": 1, "c": 1, "d": 1, "e": 1}
+
+
+@pytest.mark.parametrize("point", REWRITE_CRASH_POINTS)
+def test_crash_during_compaction(gdir: Path, point: str):
+    """Compaction crashes: the journaled enrollments survive either way."""
+    g = new_gallery(gdir)
+    journaled = [f"j-{i}" for i in range(4)]
+    enroll_each(g, journaled)
+    env = {"MASKID_GALLERY_CRASH_AT": point, "GALLERY_WORKER_REWRITE": "1"}
+    r = worker("enroll", str(gdir), "victim", "1", env=env)
+    assert r.returncode == -signal.SIGKILL
+    committed = point in ("manifest-renamed", "cleanup")
+    ids = set(Gallery.open(gdir).identities())
+    assert set(journaled) <= ids and ("victim-0" in ids) == committed
+    assert (manifest_of(gdir)["generation"] == 2) == committed
+    # A writer that loaded before the crash carries on (catching up or reloading).
+    enroll_each(g, ["post"])
+    g2 = Gallery.open(gdir)
+    assert set(g2.identities()) == {*journaled, "post"} | ({"victim-0"} if committed else set())
+    for n in [*journaled, "post"]:
+        assert g2.search(vector_for(n), k=1)[0][0].identity == n
+    assert not [p for p in gdir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_other_process_sees_appended_enrollment(gdir: Path, tmp_path: Path):
+    g = new_gallery(gdir)
+    enroll_each(g, ["local"])
+    reader = Gallery.open(gdir)
+    assert reader.search(vector_for("local"), k=1)[0][0].identity == "local"
+    r = worker("enroll", str(gdir), "remote", "2")
+    assert r.returncode == 0, r.stderr
+    assert manifest_of(gdir)["generation"] == 1  # appended, not rewritten
+    assert reader.identities() == {"local": 1}  # a snapshot until refreshed
+    assert reader.refresh()
+    assert not reader.refresh()  # nothing new
+    assert reader.identities() == {"local": 1, "remote-0": 1, "remote-1": 1}
+    assert reader.search(vector_for("remote-1"), k=1)[0][0].identity == "remote-1"
+    assert reader.has_source(source_for("remote-0")["sha256"])
+    # The writer that was open all along catches up before its next commit.
+    enroll_each(g, ["local-2"])
+    assert set(g.identities()) == {"local", "local-2", "remote-0", "remote-1"}
+    r = worker("identities", str(gdir))
+    assert json.loads(r.stdout) == {"local": 1, "local-2": 1, "remote-0": 1, "remote-1": 1}
+    np.save(tmp_path / "q.npy", np.concatenate([vector_for("remote-0"), vector_for("local-2")]))
+    r = worker("search", str(gdir), str(tmp_path / "q.npy"))
+    assert json.loads(r.stdout) == ["remote-0", "local-2"]
+
+
+def test_append_crash_points_leave_a_loadable_journal(gdir: Path):
+    """After each kind of append crash the next writer appends cleanly after it."""
+    g = new_gallery(gdir)
+    for i, point in enumerate(APPEND_CRASH_POINTS):
+        r = worker("enroll", str(gdir), f"v{i}", "1", env={"MASKID_GALLERY_CRASH_AT": point})
+        assert r.returncode == -signal.SIGKILL
+        enroll_each(g, [f"after-{i}"])
+    ids = set(Gallery.open(gdir).identities())
+    assert ids == {"after-0", "after-1", "after-2", "v1-0", "v2-0"}  # v0: torn, never committed
+
+
+def test_read_identities_needs_no_index(gdir: Path):
+    g = new_gallery(gdir)
+    enroll_each(g, ["a", "b"])
+    g.remove("a")
+    index = gdir / manifest_of(gdir)["files"]["index"]["name"]
+    index.write_bytes(os.urandom(index.stat().st_size))  # never read: never detected
+    assert Gallery.read_identities(gdir)[0] == {"b": 1}
+    with pytest.raises(GalleryError, match="corrupt"):
+        Gallery.open(gdir)
+
+
+def test_format_1_is_read_and_migrated(gdir: Path):
+    """A format-1 gallery (no journal) opens as is; its first commit writes format 2."""
+    g = new_gallery(gdir)
+    g.journal_limit = 0
+    enroll_each(g, ["old-0", "old-1"])
+    m = manifest_of(gdir)
+    journal_of(gdir).unlink()
+    for key in ("journal", "commit"):
+        del m[key]
+    m["format_version"] = 1
+    (gdir / "manifest.json").write_text(json.dumps(m))
+    old = Gallery.open(gdir)
+    assert old.identities() == {"old-0": 1, "old-1": 1}
+    assert old.generation == m["generation"]
+    assert old.search(vector_for("old-1"), k=1)[0][0].identity == "old-1"
+    assert Gallery.read_identities(gdir)[0] == {"old-0": 1, "old-1": 1}
+    enroll_each(old, ["new"])
+    m2 = manifest_of(gdir)
+    assert m2["format_version"] == FORMAT_VERSION == 2
+    assert m2["generation"] == m["generation"] + 1 and journal_of(gdir).exists()
+    g2 = Gallery.open(gdir)
+    assert g2.identities() == {"new": 1, "old-0": 1, "old-1": 1}
+    assert g2.has_source(source_for("old-0")["sha256"])
+    enroll_each(g2, ["newer"])  # now appended
+    assert manifest_of(gdir)["generation"] == m2["generation"]
+    assert len(Gallery.open(gdir)) == 4
+
+
+def test_conflicting_batch_that_changed_the_index_is_replayed(gdir: Path):
+    """A batch that removed or searched (so changed hnswlib) is replayed on a full reload when
+    another writer appended first; labels stay unique."""
+    a = new_gallery(gdir)
+    enroll_each(a, ["z", "w"])
+    b = Gallery.open(gdir)
+    la = a.add("x", vector_for("x"))
+    with b.batch():
+        lb = b.add("y", vector_for("y"))
+        assert b.search(vector_for("y"), k=1)[0][0].identity == "y"
+        b.remove("z")
+    assert set(la).isdisjoint(lb)
+    assert b.identities() == {"w": 1, "x": 1, "y": 1} == Gallery.open(gdir).identities()
+    assert [b.search(vector_for(n), k=1)[0][0].identity for n in "wxy"] == list("wxy")
+    assert a.refresh() and a.identities() == b.identities()
+
+
+def test_journal_budget_compacts_by_itself(gdir: Path):
+    """With the default policy the journal stays within its budget: commits compact when due,
+    and a batch larger than the budget writes a generation at once."""
+    from maskid.gallery.store import JOURNAL_MIN_BYTES
+
+    rng = np.random.default_rng(8)
+    g = new_gallery(gdir)
+    first = manifest_of(gdir)["generation"]
+    for i in range(12):  # ~26 KB records: past the 256 KiB minimum budget
+        g.add(f"p{i}", unit(rng, 50))
+        assert journal_of(gdir).stat().st_size <= JOURNAL_MIN_BYTES
+    assert manifest_of(gdir)["generation"] == first + 1
+    g.add("big", unit(rng, JOURNAL_MIN_BYTES // (4 * DIM) + 1))
+    assert manifest_of(gdir)["generation"] == first + 2
+    assert journal_of(gdir).stat().st_size == 0
+    assert len(Gallery.open(gdir)) == 12 * 50 + JOURNAL_MIN_BYTES // (4 * DIM) + 1

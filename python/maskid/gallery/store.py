@@ -2,24 +2,34 @@
 
 A gallery is a directory::
 
-    manifest.json          the commit point: format version, embedder, dim, hnswlib parameters,
-                           and the name, size and sha256 of each file of the current generation
-    index-000042.bin       hnswlib index, space 'ip' over L2-normalised float32 (= cosine)
+    manifest.json          the commit point of a generation: format version, embedder, dim,
+                           hnswlib parameters, and the name, size and sha256 of each base file
+    index-000042.bin       hnswlib index (see `index`), space 'ip' over unit float32 (= cosine)
     meta-000042.json       identity names and, per entry, hnswlib label -> identity
     sources-000042.json    per entry: source image path, its sha256 and the UTC time it was added
+    journal-000042.log     commits since the base files were written, appended (format 2)
     .lock                  taken (filelock) by writers only
 
-Every update writes a new generation of files, fsyncs them, then atomically replaces
-`manifest.json` (write a temporary, fsync, rename, fsync the directory). The rename is the
-commit: a crash at any moment leaves either the old or the new gallery, both loadable. Files of
-a committed generation are never modified; older generations are deleted after the commit.
+A commit normally appends one record to the journal: a header (magic, lengths and their crc32,
+sha256 of the body) and a body (JSON ops + float32 vectors), written and fsynced under the lock.
+A record is committed once it is whole; readers replay the whole records on top of the base and
+ignore a torn tail, which the next writer truncates. Appending costs milliseconds at any size.
 
-Writers hold an exclusive lock while they re-read the latest committed state, apply their
+When the journal outgrows its budget (a share of the index file, within bounds: replaying it
+costs every reader hnswlib inserts), or a batch is that large itself, the commit compacts: it
+writes a new generation (base files and an empty journal), fsyncs it, then atomically replaces
+`manifest.json` (write a temporary, fsync, rename, fsync the directory). The rename is the commit: a crash leaves the old generation and its journal, or the
+new one, both loadable. Committed base files are never modified; other generations are deleted
+after a commit.
+
+Writers hold an exclusive lock while they catch up with the latest committed state, apply their
 changes and commit, so concurrent enrollments lose nothing. Readers take no lock.
 
 hnswlib files carry no header, so the manifest holds what the blob lacks (magic, format version,
 metric, dim, embedder id, element count) plus its sha256, which is checked before hnswlib ever
 parses the file: hnswlib can crash the process on a corrupt file.
+
+Format 1 (no journal) is read as is; the first commit to it writes a format-2 generation.
 
 A `Gallery` object is not thread-safe; use one per thread.
 """
@@ -34,7 +44,10 @@ import os
 import re
 import shlex
 import signal
+import struct
 import unicodedata
+import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,27 +58,40 @@ import numpy as np
 
 from maskid.errors import GalleryError, UnknownIdentityError, UsageError
 from maskid.face import Match
+from maskid.gallery.index import INITIAL_CAPACITY, HnswIndex, HnswParams
 
-if TYPE_CHECKING:  # hnswlib and filelock load only where an index is read or a lock taken
+if TYPE_CHECKING:  # filelock loads only where a lock is taken
     import filelock
-    import hnswlib
 
 __all__ = ["FORMAT_VERSION", "Gallery", "HnswParams", "validate_name"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = "maskid-gallery"
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 MAX_NAME_LEN = 128
-_INITIAL_CAPACITY = 1024
-_GEN_FILE = re.compile(r"^(index|meta|sources)-(\d{6,})\.(bin|json)$")
+# Compact when the journal would exceed JOURNAL_FRACTION of the index file, kept within
+# [JOURNAL_MIN_BYTES, JOURNAL_MAX_BYTES]. Every reader replays the journal (an hnswlib insert per
+# descriptor at its first search) while compacting rewrites the whole base, so the cap bounds
+# replay at ~3k 256-d enrollments (~2 s at 1M entries on 2 cores) and a small gallery, cheap to
+# rewrite, compacts often (benchmarks/gallery.py measures both).
+JOURNAL_MIN_BYTES = 256 << 10
+JOURNAL_MAX_BYTES = 4 << 20
+JOURNAL_FRACTION = 0.25
+_GEN_FILE = re.compile(r"^(index|meta|sources|journal)-(\d{6,})\.(bin|json|log)$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+# Journal record header: magic, JSON length, vector bytes, crc32 of those three, sha256 of
+# (JSON + vectors). The crc tells a damaged length (corruption) from a record cut short (torn).
+_REC = struct.Struct("<4sIII32s")
+_REC_HEAD = struct.Struct("<4sII")
+_REC_MAGIC = b"MGJ1"
 _T = TypeVar("_T")
 
 # Test hook: a process with this set kills itself (SIGKILL) at the named point of a commit.
 _CRASH_AT: str | None = os.environ.get("MASKID_GALLERY_CRASH_AT") or None
-CRASH_POINTS = (
+# Points of a commit that writes a new generation (compaction)...
+REWRITE_CRASH_POINTS = (
     "index-written",
     "meta-written",
     "sources-written",
@@ -73,27 +99,14 @@ CRASH_POINTS = (
     "manifest-renamed",
     "cleanup",
 )
+# ... and of one that appends to the journal ("journal-torn": half the record written).
+APPEND_CRASH_POINTS = ("journal-torn", "journal-written", "journal-synced")
+CRASH_POINTS = REWRITE_CRASH_POINTS + APPEND_CRASH_POINTS
 
 
 def _crash_point(tag: str) -> None:
     if tag == _CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass(frozen=True)
-class HnswParams:
-    """hnswlib parameters, stored in the manifest.
-
-    M: graph degree (16 suits 128-d descriptors; 32 costs twice the links for a little recall).
-    ef_construction: build-time beam width (higher builds slower, recalls better).
-    ef_search: minimum query-time beam width; raised to the number of neighbours fetched.
-        256 keeps recall@1 ~0.99 up to 1M entries (benchmarks/gallery.py); 96 suffices
-        up to ~100k and is ~2x faster.
-    """
-
-    M: int = 16
-    ef_construction: int = 200
-    ef_search: int = 256
 
 
 def validate_name(name: object) -> str:
@@ -173,43 +186,125 @@ def _write_file(path: Path, data: bytes) -> dict[str, Any]:
     return {"name": path.name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-class _Sources:
-    """Per-entry provenance, aligned with the entry arrays. Loaded only when needed."""
-
-    def __init__(self, path: list[str], sha256: list[str], added: list[str]) -> None:
-        self.path = path
-        self.sha256 = sha256
-        self.added = added
-        self.known = set(sha256)
-        self.known.discard("")
-
-    def append(self, path: str, sha: str, added: str) -> None:
-        self.path.append(path)
-        self.sha256.append(sha)
-        self.added.append(added)
-        if sha:
-            self.known.add(sha)
-
-    def keep(self, mask: np.ndarray) -> None:
-        idx = np.flatnonzero(mask).tolist()
-        self.path = [self.path[i] for i in idx]
-        self.sha256 = [self.sha256[i] for i in idx]
-        self.added = [self.added[i] for i in idx]
-        self.known = set(self.sha256)
-        self.known.discard("")
-
-    def to_json(self, generation: int) -> bytes:
-        doc = {
-            "generation": generation,
-            "path": self.path,
-            "sha256": self.sha256,
-            "added": self.added,
-        }
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+def _gen_names(gen: int) -> dict[str, str]:
+    return {
+        "index": f"index-{gen:06d}.bin",
+        "meta": f"meta-{gen:06d}.json",
+        "sources": f"sources-{gen:06d}.json",
+        "journal": f"journal-{gen:06d}.log",
+    }
 
 
 class _Corrupt(Exception):
     """Internal: a file does not match the manifest (turned into GalleryError by the caller)."""
+
+
+# -- journal records ---------------------------------------------------------------------------
+@dataclass
+class _Record:
+    """One commit in the journal: `ops` in order, adds taking labels from `label0` on."""
+
+    commit: int
+    label0: int
+    ops: list[dict[str, Any]]  # {"add": name, "n": k, "src": [[path, sha], ...], "added": t}
+    #                             or {"remove": name}
+    vectors: np.ndarray  # (sum of the adds' n, dim) float32
+
+
+def _encode_record(gen: int, rec: _Record) -> bytes:
+    doc = {"gen": gen, "commit": rec.commit, "label0": rec.label0, "ops": rec.ops}
+    js = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    vec = np.ascontiguousarray(rec.vectors, dtype="<f4").tobytes()
+    crc = zlib.crc32(_REC_HEAD.pack(_REC_MAGIC, len(js), len(vec)))
+    digest = hashlib.sha256(js + vec).digest()
+    return _REC.pack(_REC_MAGIC, len(js), len(vec), crc, digest) + js + vec
+
+
+def _parse_journal(
+    data: bytes, name: str, gen: int, dim: int, vectors: bool = True
+) -> tuple[list[_Record], int]:
+    """The whole records in `data` (a journal read from a record boundary) and how many bytes
+    they span. A torn last record (a writer died mid-append) ends the list; a bad record with
+    more bytes after it is corruption."""
+    out: list[_Record] = []
+    off = 0
+    while len(data) - off >= _REC.size:
+        magic, jlen, vlen, crc, digest = _REC.unpack_from(data, off)
+        end = off + _REC.size + jlen + vlen
+        if magic != _REC_MAGIC or crc != zlib.crc32(_REC_HEAD.pack(magic, jlen, vlen)):
+            if not any(data[off:]):  # a zero-filled tail (lost write after a power cut)
+                break
+            raise _Corrupt(f"{name}: bad record header at byte {off}")
+        if end > len(data):
+            break  # torn tail
+        body = data[off + _REC.size : end]
+        if hashlib.sha256(body).digest() != digest:
+            if end == len(data):
+                break  # torn tail
+            raise _Corrupt(f"{name}: record at byte {off} fails its sha256 check")
+        try:
+            doc = json.loads(body[:jlen])
+            rec = _Record(int(doc["commit"]), int(doc["label0"]), list(doc["ops"]), np.zeros(0))
+            n = sum(int(op["n"]) for op in rec.ops if "add" in op)
+            if doc["gen"] != gen or vlen != n * dim * 4:
+                raise ValueError("record does not belong to this generation")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise _Corrupt(f"{name}: record at byte {off}: {e}") from None
+        if vectors:
+            rec.vectors = np.frombuffer(body, "<f4", offset=jlen).reshape(n, dim)
+        out.append(rec)
+        off = end
+    return out, off
+
+
+class _Sources:
+    """Per-entry provenance, indexed by label ("" where unknown). Loaded only when needed."""
+
+    def __init__(self, size: int) -> None:
+        self.path = [""] * size
+        self.sha256 = [""] * size
+        self.added = [""] * size
+        self.known: Counter[str] = Counter()
+
+    def set(self, label: int, path: str, sha: str, added: str) -> None:
+        if label >= len(self.path):
+            grow = label + 1 - len(self.path) + len(self.path) // 2
+            for lst in (self.path, self.sha256, self.added):
+                lst.extend([""] * grow)
+        self.path[label] = path
+        self.sha256[label] = sha
+        self.added[label] = added
+        if sha:
+            self.known[sha] += 1
+
+    def drop(self, labels: Iterable[int]) -> None:
+        for label in labels:
+            sha = self.sha256[label] if label < len(self.sha256) else ""
+            if sha:
+                self.known[sha] -= 1
+                if self.known[sha] <= 0:
+                    del self.known[sha]
+                self.sha256[label] = ""
+
+    def to_json(self, generation: int, labels: list[int]) -> bytes:
+        doc = {
+            "generation": generation,
+            "path": [self.path[i] for i in labels],
+            "sha256": [self.sha256[i] for i in labels],
+            "added": [self.added[i] for i in labels],
+        }
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class _BatchMark:
+    """State at the start of a batch, to rebase an adds-only batch on others' records."""
+
+    names: int
+    next_label: int
+    pending: int
+    live: int
+    live_ids: int
 
 
 class Gallery:
@@ -226,23 +321,30 @@ class Gallery:
         self._lock: filelock.FileLock | None = None  # made by the first writer (_locked)
         self._lock_timeout = lock_timeout
         self._manifest: dict[str, Any] = {}
-        self._generation = 0
-        self._index: hnswlib.Index | None = None
-        self._names: list[str] = []
+        self._gen = 0  # generation of the base files
+        self._commit_no = 0  # commits reflected: the base's plus the journal records replayed
+        self._journal_end = 0  # bytes of the journal replayed
+        self._index: HnswIndex | None = None
+        self._names: list[str] = []  # ids are stable while loaded; removed names keep count 0
         self._name_ids: dict[str, int] = {}
         self._counts: list[int] = []
-        self._labels = np.zeros(0, np.int64)  # live entries, ascending
-        self._ident = np.zeros(0, np.int32)  # identity id of each live entry
+        self._live_ids = 0  # names with count > 0
+        self._ident_of = np.full(0, -1, np.int32)  # label -> identity id, -1: none
+        self._live = 0
         self._next_label = 0
+        self._base_labels = np.zeros(0, np.int64)  # labels of the base sources file, in order
         self._sources: _Sources | None = None
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # vecs, labels, ids
-        self._ops: list[
-            tuple[str, Any, list[int]]
-        ] = []  # this batch's updates, replayed if others commit
+        self._new_sources: dict[int, tuple[str, str, str]] = {}  # since the base, if not loaded
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # vectors, labels: not in hnswlib
+        self._ops: list[tuple[str, Any, list[int]]] = []  # this batch's updates, for replay
+        self._mark: _BatchMark | None = None  # state when the batch began
+        self._touched = False  # the batch changed the index (a conflict then means a reload)
         self._batch_depth = 0
         self._stale = False
         self.num_threads = -1  # hnswlib threads for add/query; -1 = all cores
         self.ef_search: int | None = None  # overrides the manifest's ef_search for this object
+        # Journal bytes beyond which a commit compacts; None: the module's policy, 0: always.
+        self.journal_limit: int | None = None
 
     # -- opening ---------------------------------------------------------------------------
     @staticmethod
@@ -290,15 +392,16 @@ class Gallery:
         g = cls(root, lock_timeout)
         g._manifest = g._read_manifest()
         g.check_embedder(embedder_id, dim)  # before loading a possibly large index
-        g._load_committed(with_sources=False)
+        g._load_committed()
         g.check_embedder(embedder_id, dim)  # (in case another process rebuilt it meanwhile)
         return g
 
     @classmethod
     def read_identities(cls, path: str | os.PathLike[str]) -> tuple[dict[str, int], dict[str, Any]]:
         """Name -> number of descriptors, and the manifest, of the gallery at `path`, read from
-        its (verified) metadata alone: no index is loaded and no embedder is needed, so listing a
-        large gallery stays cheap. Errors as `open` (GalleryError for none or a corrupt one)."""
+        its (verified) metadata and journal alone: no index is loaded and no embedder is needed,
+        so listing a large gallery stays cheap. Errors as `open` (GalleryError for none or a
+        corrupt one)."""
         root = Path(path)
         if not (root / MANIFEST).exists():
             cls.open(root)  # raises the "no gallery" error
@@ -308,7 +411,15 @@ class Gallery:
 
         def load(manifest: dict[str, Any]) -> tuple[dict[str, int], dict[str, Any]]:
             names, _, _, counts = g._read_meta(manifest)
-            return {n: c for n, c in sorted(zip(names, counts, strict=True)) if c > 0}, manifest
+            count = dict(zip(names, counts, strict=True))
+            records, _ = g._read_journal(manifest, 0, vectors=False)
+            for rec in records:
+                for op in rec.ops:
+                    if "add" in op:
+                        count[op["add"]] = count.get(op["add"], 0) + int(op["n"])
+                    else:
+                        count[op["remove"]] = 0
+            return {n: c for n, c in sorted(count.items()) if c > 0}, manifest
 
         return g._committed(load)
 
@@ -338,17 +449,8 @@ class Gallery:
                     f"{root} is not empty and holds no gallery (found {foreign[0]!r}, ...); "
                     "choose a new or empty directory for the gallery"
                 )
-            import hnswlib
-
-            index = hnswlib.Index(space="ip", dim=dim)
-            index.init_index(
-                max_elements=_INITIAL_CAPACITY,
-                M=hnsw.M,
-                ef_construction=hnsw.ef_construction,
-                allow_replace_deleted=True,
-            )
-            g._index = index
-            g._sources = _Sources([], [], [])
+            g._index = HnswIndex.create(dim, hnsw)
+            g._sources = _Sources(0)
             g._manifest = {
                 "magic": MAGIC,
                 "format_version": FORMAT_VERSION,
@@ -393,8 +495,9 @@ class Gallery:
 
     @property
     def generation(self) -> int:
-        """Number of the committed generation this object reflects (excluding a batch's changes)."""
-        return self._generation
+        """Number of commits this object reflects (excluding a batch's changes): each commit,
+        appended or compacting, adds one."""
+        return self._commit_no
 
     @property
     def hnsw(self) -> HnswParams:
@@ -403,7 +506,7 @@ class Gallery:
 
     def __len__(self) -> int:
         self._ensure_fresh()
-        return int(self._labels.size) + sum(int(p[1].size) for p in self._pending)
+        return self._live
 
     def __repr__(self) -> str:
         return f"Gallery({str(self.path)!r}, entries={len(self)}, embedder={self.embedder_id!r})"
@@ -430,13 +533,17 @@ class Gallery:
         return sha256.lower() in self._load_sources().known
 
     def refresh(self) -> bool:
-        """Pick up changes other processes committed; returns whether anything changed."""
+        """Pick up changes other processes committed; returns whether anything changed.
+        Records appended to the current generation are replayed; a new generation is loaded."""
         if self._batch_depth:
             raise UsageError("cannot refresh a gallery inside a batch")
         manifest = self._read_manifest()
-        if int(manifest["generation"]) == self._generation and not self._stale:
-            return False
-        self._load_committed(with_sources=False)
+        if int(manifest["generation"]) == self._gen and not self._stale:
+            try:
+                return self._catch_up()
+            except FileNotFoundError:
+                pass  # compacted meanwhile: load the new generation
+        self._load_committed()
         return True
 
     # -- updates ---------------------------------------------------------------------------
@@ -458,8 +565,9 @@ class Gallery:
         srcs = self._as_sources(sources, len(vecs))
         labels: list[int] = []  # filled in again if the batch is replayed on newer state
         with self.batch():
-            self._ops.append(("add", (name, vecs, srcs), labels))
-            labels[:] = self._apply_add(name, vecs, srcs)
+            arg = (name, vecs, srcs, _now())
+            self._ops.append(("add", arg, labels))
+            labels[:] = self._apply_add(*arg)
         return labels
 
     def add_many(
@@ -473,9 +581,9 @@ class Gallery:
         """Remove identity `name` and all its descriptors; returns how many were removed."""
         name = validate_name(name)
         self._ensure_fresh()
-        if name not in self._name_ids and not self._batch_depth:
+        if not self._known(name) and not self._batch_depth:
             self.refresh()  # another process may have enrolled them since we loaded
-        if name not in self._name_ids:
+        if not self._known(name):
             raise UnknownIdentityError(f"no identity named {name!r} in gallery {self.path}")
         with self.batch():
             self._ops.append(("remove", name, []))
@@ -486,7 +594,7 @@ class Gallery:
         """Group updates into one atomic commit, made when the block ends without an exception.
 
         The lock is taken only for the commit; if another process committed since this object
-        loaded the gallery, its latest state is re-read and this batch's updates are replayed
+        loaded the gallery, its latest state is read and this batch's updates are replayed
         on top. An exception inside the block discards the batch's updates.
         """
         if self._batch_depth:
@@ -497,9 +605,12 @@ class Gallery:
                 self._batch_depth -= 1
             return
         self._ensure_fresh()
-        self._load_sources()
         self._batch_depth = 1
         self._ops = []
+        self._touched = False
+        self._mark = _BatchMark(
+            len(self._names), self._next_label, len(self._pending), self._live, self._live_ids
+        )
         try:
             yield self
             if self._ops:
@@ -510,6 +621,8 @@ class Gallery:
         finally:
             self._batch_depth = 0
             self._ops = []
+            self._mark = None
+            self._touched = False
 
     # -- search ----------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 5) -> list[list[Match]]:
@@ -523,56 +636,39 @@ class Gallery:
         q = self._as_vectors(queries, what="queries")
         self._ensure_fresh()
         self._flush()
-        live = int(self._labels.size)
+        live = self._live
         if live == 0:
             raise GalleryError(
                 f"gallery {self.path} is empty; enroll someone with `maskid enroll NAME IMAGE` "
                 "or `maskid build DATASET`"
             )
-        k_ids = min(int(k), len(self._names))  # every name has at least one entry
+        index = self._require_index()
+        k_ids = min(int(k), self._live_ids)
         want = min(live, max(4 * k_ids, 16))
+        ef = self.ef_search or self.hnsw.ef_search
         while True:
-            labels, dists = self._knn(q, want)
+            labels, dists = index.knn(q, want, ef, self._live_labels, self.num_threads)
             results, short = self._aggregate(labels, dists, k_ids)
             if not short or want >= live:
                 return results
             want = min(live, want * 4)
 
-    def _knn(self, q: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
-        index = self._require_index()
-        ef = max(self.ef_search or self.hnsw.ef_search, want)
-        while True:
-            index.set_ef(ef)
-            try:
-                labels, dists = index.knn_query(q, k=want, num_threads=self.num_threads)
-                return labels.astype(np.int64), dists
-            except RuntimeError:
-                # Too few reachable live entries (many deletions): widen the beam, then go exact.
-                if ef >= index.element_count:
-                    return self._exact_knn(q, want)
-                ef = min(ef * 4, index.element_count)
-
-    def _exact_knn(self, q: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
-        index = self._require_index()
-        vecs = np.asarray(index.get_items(self._labels, return_type="numpy"), np.float32)
-        sims = q @ vecs.T
-        order = np.argsort(-sims, axis=1, kind="stable")[:, :want]
-        return self._labels[order], 1.0 - np.take_along_axis(sims, order, axis=1)
+    def _live_labels(self) -> np.ndarray:
+        return np.flatnonzero(self._ident_of[: self._next_label] >= 0).astype(np.int64)
 
     def _aggregate(
         self, labels: np.ndarray, dists: np.ndarray, k: int
     ) -> tuple[list[list[Match]], bool]:
-        pos = np.searchsorted(self._labels, labels)
-        pos = np.minimum(pos, self._labels.size - 1)
-        if not np.array_equal(self._labels[pos], labels):
+        ok = (labels >= 0) & (labels < self._next_label)
+        ident = self._ident_of[np.where(ok, labels, 0)]
+        if not ok.all() or (ident < 0).any():
             raise GalleryError(
                 f"gallery {self.path}: index and metadata disagree; {rebuild_hint(self.path)}"
             )
-        ids = self._ident[pos].tolist()
         results: list[list[Match]] = []
         short = False
         names = self._names
-        for row_ids, row_d in zip(ids, dists.tolist(), strict=True):
+        for row_ids, row_d in zip(ident.tolist(), dists.tolist(), strict=True):
             # Neighbours come best first, so an identity's first hit is its best score.
             seen: set[int] = set()
             row: list[Match] = []
@@ -626,7 +722,13 @@ class Gallery:
         return out
 
     # -- in-memory updates -----------------------------------------------------------------
-    def _apply_add(self, name: str, vecs: np.ndarray, srcs: list[tuple[str, str]]) -> list[int]:
+    def _known(self, name: str) -> bool:
+        i = self._name_ids.get(name)
+        return i is not None and self._counts[i] > 0
+
+    def _apply_add(
+        self, name: str, vecs: np.ndarray, srcs: Sequence[Sequence[str]], added: str
+    ) -> list[int]:
         n = len(vecs)
         ident = self._name_ids.get(name)
         if ident is None:
@@ -634,61 +736,94 @@ class Gallery:
             self._names.append(name)
             self._counts.append(0)
             self._name_ids[name] = ident
-        labels = np.arange(self._next_label, self._next_label + n, dtype=np.int64)
+        if self._counts[ident] == 0:
+            self._live_ids += 1
+        start = self._next_label
+        labels = np.arange(start, start + n, dtype=np.int64)
         self._next_label += n
+        if self._next_label > self._ident_of.size:
+            grown = np.full(max(self._next_label, self._ident_of.size * 3 // 2), -1, np.int32)
+            grown[: self._ident_of.size] = self._ident_of
+            self._ident_of = grown
+        self._ident_of[start : self._next_label] = ident
         self._counts[ident] += n
-        self._pending.append((vecs, labels, np.full(n, ident, np.int32)))
-        sources = self._load_sources()
-        added = _now()
-        for path, sha in srcs:
-            sources.append(path, sha, added)
+        self._live += n
+        self._pending.append((vecs, labels))
+        for label, (path, sha) in zip(labels.tolist(), srcs, strict=True):
+            if self._sources is not None:
+                self._sources.set(label, path, sha, added)
+            else:
+                self._new_sources[label] = (path, sha, added)
         return labels.tolist()
 
     def _apply_remove(self, name: str) -> int:
         ident = self._name_ids.get(name)
-        if ident is None:
+        if ident is None or self._counts[ident] == 0:
             return 0
+        self._touched = True
         self._flush()
-        index = self._require_index()
-        mask = self._ident == ident
-        for label in self._labels[mask].tolist():
-            index.mark_deleted(label)
-        keep = ~mask
-        removed = int(mask.sum())
-        self._labels = self._labels[keep]
-        ident_arr = self._ident[keep]
-        ident_arr[ident_arr > ident] -= 1
-        self._ident = ident_arr
-        self._load_sources().keep(keep)
-        del self._names[ident]
-        del self._counts[ident]
-        self._name_ids = {n: i for i, n in enumerate(self._names)}
+        labels = np.flatnonzero(self._ident_of[: self._next_label] == ident)
+        self._require_index().mark_deleted(labels)
+        self._ident_of[labels] = -1
+        if self._sources is not None:
+            self._sources.drop(labels.tolist())
+        removed = int(labels.size)
+        self._live -= removed
+        self._counts[ident] = 0
+        self._live_ids -= 1
         return removed
 
     def _flush(self) -> None:
         """Insert descriptors buffered by add() into the hnswlib index (one multi-threaded call)."""
         if not self._pending:
             return
+        self._touched = True
         index = self._require_index()
         vecs = np.concatenate([p[0] for p in self._pending])
         labels = np.concatenate([p[1] for p in self._pending])
-        ident = np.concatenate([p[2] for p in self._pending])
-        need = index.element_count + len(vecs)
-        if need > index.max_elements:
-            index.resize_index(max(need, index.max_elements * 3 // 2 + _INITIAL_CAPACITY))
-        index.add_items(vecs, labels, num_threads=self.num_threads, replace_deleted=True)
-        self._labels = np.concatenate([self._labels, labels])
-        self._ident = np.concatenate([self._ident, ident])
+        index.add(vecs, labels, self.num_threads)
         self._pending = []
 
-    def _require_index(self) -> hnswlib.Index:
+    def _undo_adds(self, mark: _BatchMark) -> None:
+        """Take back this batch's adds (it touched nothing else), to replay them on newer state."""
+        start, end = mark.next_label, self._next_label
+        per_id = np.bincount(self._ident_of[start:end])
+        for i in np.flatnonzero(per_id).tolist():
+            self._counts[i] -= int(per_id[i])
+        self._ident_of[start:end] = -1
+        for name in self._names[mark.names :]:
+            del self._name_ids[name]
+        del self._names[mark.names :], self._counts[mark.names :]
+        del self._pending[mark.pending :]
+        if self._sources is not None:
+            self._sources.drop(range(start, end))
+        for label in range(start, end):
+            self._new_sources.pop(label, None)
+        self._next_label, self._live, self._live_ids = start, mark.live, mark.live_ids
+
+    def _replay(self, rec: _Record) -> None:
+        """Apply a committed journal record to the in-memory state."""
+        if rec.label0 != self._next_label or rec.commit != self._commit_no + 1:
+            raise _Corrupt(f"journal record {rec.commit} does not follow commit {self._commit_no}")
+        i = 0
+        for op in rec.ops:
+            if "add" in op:
+                n = int(op["n"])
+                srcs = op["src"] or [("", "")] * n
+                self._apply_add(str(op["add"]), rec.vectors[i : i + n], srcs, str(op["added"]))
+                i += n
+            else:
+                self._apply_remove(str(op["remove"]))
+        self._commit_no = rec.commit
+
+    def _require_index(self) -> HnswIndex:
         if self._index is None:
             raise GalleryError(f"gallery {self.path} was closed")
         return self._index
 
     def _ensure_fresh(self) -> None:
         if self._stale:
-            self._load_committed(with_sources=False)
+            self._load_committed()
 
     def _discard(self) -> None:
         """Drop uncommitted changes: the committed state is reloaded on next use."""
@@ -722,27 +857,131 @@ class Gallery:
 
     def _commit(self) -> None:
         with self._locked():
-            latest = self._read_manifest()
-            if int(latest["generation"]) != self._generation:
-                # Someone else committed since we loaded: read-modify-write on their state.
-                ops = self._ops
-                self._load_committed(with_sources=True)
-                for op, arg, labels in ops:
-                    if op == "add":
-                        labels[:] = self._apply_add(*arg)
-                    else:
-                        self._apply_remove(arg)
-            self._flush()
-            self._write_generation(self._generation + 1)
+            label0, commit0 = self._rebase()
+            ops: list[dict[str, Any]] = []
+            vecs: list[np.ndarray] = []
+            for op, arg, _ in self._ops:
+                if op == "add":
+                    name, v, srcs, added = arg
+                    has_src = any(p or s for p, s in srcs)
+                    ops.append({"add": name, "n": len(v), "src": srcs if has_src else None})
+                    ops[-1]["added"] = added
+                    vecs.append(v)
+                else:
+                    ops.append({"remove": arg})
+            rec = _Record(
+                commit0 + 1,
+                label0,
+                ops,
+                np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32),
+            )
+            # A batch whose vectors alone exceed the journal's budget (a build) skips encoding.
+            big = self._compact_due(rec.vectors.nbytes)
+            data = b"" if big else _encode_record(self._gen, rec)
+            if big or self._compact_due(len(data)):
+                self._flush()
+                self._commit_no = commit0 + 1
+                self._write_generation(self._gen + 1)
+            else:
+                self._append(data)
+                self._commit_no = rec.commit
+
+    def _rebase(self) -> tuple[int, int]:
+        """Under the lock: bring the in-memory state up to the latest commit with this batch's
+        updates on top. Returns the batch's first label and the commit it follows."""
+        mark = self._mark
+        if mark is None:
+            raise RuntimeError("commit outside a batch")
+        latest = self._read_manifest()
+        if int(latest["generation"]) == self._gen:
+            try:
+                records, end = self._read_journal(self._manifest, self._journal_end)
+                if not records:
+                    self._truncate_torn_tail(self._journal_end + end)
+                    return mark.next_label, self._commit_no
+                if not self._touched:  # only adds so far: take them back, catch up, add again
+                    self._undo_adds(mark)
+                    self._apply_records(records, end)
+                    self._truncate_torn_tail(self._journal_end)
+                    return self._reapply()
+            except _Corrupt as e:
+                raise self._corrupt(e) from None
+            except FileNotFoundError:
+                pass  # the journal was deleted: reloading says so
+        # Another generation (or this batch changed the index): reload, replay the batch.
+        self._load_committed()
+        self._truncate_torn_tail(self._journal_end)
+        return self._reapply()
+
+    def _reapply(self) -> tuple[int, int]:
+        label0 = self._next_label
+        for op, arg, labels in self._ops:
+            if op == "add":
+                labels[:] = self._apply_add(*arg)
+            else:
+                self._apply_remove(arg)
+        return label0, self._commit_no
+
+    def _compact_due(self, record_bytes: int) -> bool:
+        if int(self._manifest["format_version"]) < 2:
+            return True  # format 1 has no journal: migrate
+        limit = self.journal_limit
+        if limit is None:
+            base = int(self._manifest["files"]["index"]["size"])
+            limit = min(JOURNAL_MAX_BYTES, max(JOURNAL_MIN_BYTES, int(JOURNAL_FRACTION * base)))
+        return self._journal_end + record_bytes > limit
+
+    def _journal_path(self) -> Path:
+        return self.path / _gen_names(self._gen)["journal"]
+
+    def _truncate_torn_tail(self, end: int) -> None:
+        """Cut a torn record a crashed writer left, so appends follow the last whole record."""
+        path = self._journal_path()
+        try:
+            if path.stat().st_size > end:
+                os.truncate(path, end)
+        except FileNotFoundError:
+            pass  # format 1: created by the first append... which compacts instead
+        except OSError as e:
+            raise GalleryError(f"could not repair {path} (it is unchanged): {e}") from None
+
+    def _append(self, data: bytes) -> None:
+        path = self._journal_path()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            try:
+                if _CRASH_AT == "journal-torn":
+                    os.write(fd, data[: len(data) // 2])
+                    _crash_point("journal-torn")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                _crash_point("journal-written")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self._truncate_torn_tail(self._journal_end)
+            raise GalleryError(
+                f"could not write gallery {self.path} (it is unchanged): {e}"
+            ) from None
+        self._journal_end += len(data)
+        self._stale = False
+        _crash_point("journal-synced")
+        self._cleanup()  # leftovers of a writer that crashed mid-compaction
 
     def _write_generation(self, gen: int) -> None:
         index = self._require_index()
         sources = self._load_sources()
         d = self.path
-        names = {k: f"{k}-{gen:06d}.{ext}" for k, ext in (("index", "bin"), ("meta", "json"))}
-        names["sources"] = f"sources-{gen:06d}.json"
+        names = _gen_names(gen)
+        live = self._live_labels()
+        # Renumber identities densely, dropping removed names.
+        keep = [i for i, c in enumerate(self._counts) if c > 0]
+        remap = np.full(max(1, len(self._counts)), -1, np.int32)
+        remap[keep] = np.arange(len(keep), dtype=np.int32)
         try:
-            index.save_index(str(d / names["index"]))
+            index.save(str(d / names["index"]))
             fd = os.open(d / names["index"], os.O_RDWR)
             try:
                 os.fsync(fd)
@@ -753,28 +992,34 @@ class Gallery:
             _crash_point("index-written")
             meta = {
                 "generation": gen,
-                "names": self._names,
-                "label": self._labels.tolist(),
-                "identity": self._ident.tolist(),
+                "names": [self._names[i] for i in keep],
+                "label": live.tolist(),
+                "identity": remap[self._ident_of[live]].tolist(),
             }
             meta_bytes = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
             files["meta"] = _write_file(d / names["meta"], meta_bytes)
             _crash_point("meta-written")
-            files["sources"] = _write_file(d / names["sources"], sources.to_json(gen))
+            files["sources"] = _write_file(
+                d / names["sources"], sources.to_json(gen, live.tolist())
+            )
             _crash_point("sources-written")
+            _write_file(d / names["journal"], b"")  # empty, and replaces a crashed writer's
             manifest = dict(self._manifest)
             manifest.update(
+                format_version=FORMAT_VERSION,
                 generation=gen,
-                count=int(self._labels.size),
-                identities=len(self._names),
+                commit=self._commit_no,
+                count=int(live.size),
+                identities=len(keep),
                 next_label=self._next_label,
                 updated=_now(),
                 files=files,
+                journal={"name": names["journal"]},
             )
             manifest["hnsw"] = dict(
                 manifest["hnsw"],
-                capacity=int(index.max_elements),
-                element_count=int(index.element_count),
+                capacity=index.capacity,
+                element_count=index.element_count,
                 hnswlib=_hnswlib_version(),
             )
             tmp = d / f"{MANIFEST}.{os.getpid()}.tmp"
@@ -786,7 +1031,9 @@ class Gallery:
         except OSError as e:
             raise GalleryError(f"could not write gallery {d} (it is unchanged): {e}") from None
         self._manifest = manifest
-        self._generation = gen
+        self._gen = gen
+        self._journal_end = 0
+        self._base_labels = live
         self._stale = False
         _crash_point("cleanup")
         self._cleanup()
@@ -794,6 +1041,7 @@ class Gallery:
     def _cleanup(self) -> None:
         """Delete files of other generations and leftovers of crashed writers (under the lock)."""
         current = {f["name"] for f in self._manifest["files"].values()}
+        current.add(_gen_names(self._gen)["journal"])
         for p in self.path.iterdir():
             m = _GEN_FILE.match(p.name)
             if (m and p.name not in current) or p.name.endswith(".tmp"):
@@ -820,9 +1068,9 @@ class Gallery:
             ) from None
         return _check_manifest(m, mpath)
 
-    def _load_committed(self, with_sources: bool) -> None:
-        """Load the latest committed generation (retrying if a writer replaces it meanwhile)."""
-        self._committed(lambda manifest: self._load_generation(manifest, with_sources))
+    def _load_committed(self) -> None:
+        """Load the latest committed state (retrying if a writer replaces it meanwhile)."""
+        self._committed(self._load_generation)
 
     def _committed(self, load: Callable[[dict[str, Any]], _T]) -> _T:
         """`load(manifest)` of the latest committed generation, retried if a writer replaces
@@ -843,34 +1091,79 @@ class Gallery:
             f"gallery {self.path} is incomplete: {missing} is missing; {rebuild_hint(self.path)}"
         )
 
-    def _load_generation(self, manifest: dict[str, Any], with_sources: bool) -> None:
+    def _load_generation(self, manifest: dict[str, Any]) -> None:
         files = manifest["files"]
         dim = int(manifest["dim"])
         hn = manifest["hnsw"]
         # Metadata first (small), then the index: both verified before they are parsed.
         names, labels, ident, counts = self._read_meta(manifest)
-        index = self._load_index(files["index"], dim, int(hn["capacity"]))
+        records, end = self._read_journal(manifest, 0)
+        # Room for the journal's descriptors, so replaying them does not copy the index to grow.
+        added = sum(len(rec.vectors) for rec in records)
+        capacity = max(int(hn["capacity"]), int(hn["element_count"]) + added + INITIAL_CAPACITY)
+        index = self._load_index(files["index"], dim, capacity)
         if index.element_count != hn["element_count"] or index.element_count < labels.size:
             raise _Corrupt(f"{files['index']['name']}: element count disagrees with the manifest")
-
         sources_fd = self._open_checked(files["sources"])
         # Commit the new state only once everything loaded.
         self._close_sources_fd()
         self._manifest = manifest
-        self._generation = int(manifest["generation"])
+        self._gen = int(manifest["generation"])
+        self._commit_no = int(manifest.get("commit", self._gen))
+        self._journal_end = 0
         self._index = index
         self._names = names
         self._name_ids = {n: i for i, n in enumerate(names)}
         self._counts = counts
-        self._labels = labels
-        self._ident = ident
+        self._live_ids = sum(c > 0 for c in counts)
         self._next_label = int(manifest["next_label"])
+        self._ident_of = np.full(self._next_label + INITIAL_CAPACITY, -1, np.int32)
+        self._ident_of[labels] = ident
+        self._live = int(labels.size)
+        self._base_labels = labels
         self._pending = []
         self._sources = None
+        self._new_sources = {}
         self._sources_fd = sources_fd
         self._stale = False
-        if with_sources:
-            self._load_sources()
+        try:
+            self._apply_records(records, end)
+        except _Corrupt:
+            self._stale = True
+            raise
+
+    def _apply_records(self, records: list[_Record], end: int) -> None:
+        for rec in records:
+            self._replay(rec)
+        self._journal_end += end
+
+    def _catch_up(self) -> bool:
+        """Replay records appended to the journal since we last read it."""
+        try:
+            records, end = self._read_journal(self._manifest, self._journal_end)
+            self._apply_records(records, end)
+        except _Corrupt as e:
+            raise self._corrupt(e) from None
+        return bool(records)
+
+    def _corrupt(self, e: _Corrupt) -> GalleryError:
+        self._stale = True  # the in-memory state may be half-updated: reload on next use
+        return GalleryError(f"gallery {self.path} is corrupt: {e}; {rebuild_hint(self.path)}")
+
+    def _read_journal(
+        self, manifest: dict[str, Any], start: int, vectors: bool = True
+    ) -> tuple[list[_Record], int]:
+        """Whole records of `manifest`'s journal from byte `start` on, and the bytes they span.
+        FileNotFoundError if the journal was deleted (its generation was replaced)."""
+        if int(manifest["format_version"]) < 2:
+            return [], 0
+        name = manifest["journal"]["name"]
+        with open(self.path / name, "rb") as f:
+            f.seek(start)
+            data = f.read()
+        return _parse_journal(
+            data, name, int(manifest["generation"]), int(manifest["dim"]), vectors
+        )
 
     def _read_meta(
         self, manifest: dict[str, Any]
@@ -928,7 +1221,7 @@ class Gallery:
             raise _Corrupt(f"{entry['name']} fails its sha256 check")
         return data
 
-    def _load_index(self, entry: dict[str, Any], dim: int, capacity: int) -> hnswlib.Index:
+    def _load_index(self, entry: dict[str, Any], dim: int, capacity: int) -> HnswIndex:
         fd = self._open_checked(entry)
         try:
             sha, _ = _hash_fd(fd)
@@ -938,18 +1231,16 @@ class Gallery:
             src = f"/proc/self/fd/{fd}"
             if not os.path.exists(src):
                 src = str(self.path / entry["name"])
-            import hnswlib
-
-            index = hnswlib.Index(space="ip", dim=dim)
             try:
-                index.load_index(src, max_elements=capacity, allow_replace_deleted=True)
+                return HnswIndex.load(src, dim, capacity)
             except (RuntimeError, MemoryError, ValueError) as e:
                 raise _Corrupt(f"{entry['name']}: hnswlib cannot load it ({e})") from None
         finally:
             os.close(fd)
-        return index
 
     def _load_sources(self) -> _Sources:
+        """All live entries' sources: the base file (read through the descriptor opened with the
+        generation) plus those added since."""
         if self._sources is not None:
             return self._sources
         entry = self._manifest["files"]["sources"]
@@ -969,22 +1260,26 @@ class Gallery:
             )
         try:
             doc = json.loads(data)
-            src = _Sources(
-                [str(x) for x in doc["path"]],
-                [str(x) for x in doc["sha256"]],
-                [str(x) for x in doc["added"]],
-            )
+            rows = list(zip(doc["path"], doc["sha256"], doc["added"], strict=True))
         except (ValueError, KeyError, TypeError) as e:
             raise GalleryError(
                 f"gallery {self.path} is corrupt: {entry['name']}: {e}; {rebuild_hint(self.path)}"
             ) from None
-        n = self._labels.size
-        if not (len(src.path) == len(src.sha256) == len(src.added) == n):
+        if len(rows) != self._base_labels.size:
             raise GalleryError(
                 f"gallery {self.path} is corrupt: {entry['name']} length mismatch; "
                 f"{rebuild_hint(self.path)}"
             )
+        src = _Sources(self._next_label)
+        live = self._ident_of
+        for label, (path, sha, added) in zip(self._base_labels.tolist(), rows, strict=True):
+            if live[label] >= 0:
+                src.set(label, str(path), str(sha), str(added))
+        for label, (path, sha, added) in self._new_sources.items():
+            if live[label] >= 0:
+                src.set(label, path, sha, added)
         self._sources = src
+        self._new_sources = {}
         self._close_sources_fd()
         return src
 
@@ -1055,6 +1350,13 @@ def _check_manifest(m: object, mpath: Path) -> dict[str, Any]:
                 and isinstance(m["files"][k]["size"], int)
                 and isinstance(m["files"][k]["sha256"], str)
                 for k in ("index", "meta", "sources")
+            )
+            and (
+                version < 2
+                or (
+                    isinstance(m["commit"], int)
+                    and m["journal"]["name"] == _gen_names(m["generation"])["journal"]
+                )
             )
         )
     except (KeyError, TypeError):
