@@ -7,9 +7,9 @@ a camera loop would. Gallery: one other photo of each of the 10 people.
 
 Rows per scene:
   maskid         the camera loop's pipeline (detect every frame with the product's detector,
-                 maskid.detection.default_detector(): YuNet + MTCNN's ONet; track, embed a face
-                 when it appears and every 15 frames after, search hnswlib)
-  maskid/mtcnn   the same loop with MTCNN, the detector before issue 15
+                 maskid.detection.default_detector(): MTCNN; track, embed a face when it
+                 appears and every 15 frames after, search hnswlib)
+  maskid/cascade the same loop with the cascade detector (MASKID_DETECTOR=cascade)
   maskid/every   the same without the tracker's savings (every face embedded every frame)
   dlib           what face_recognition does per frame: HOG detector (upsample 1), 5-point shape
                  predictor, dlib ResNet descriptor for every face, nearest known encoding
@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from maskid.apps.camera import STAGES, CameraOptions, FacePipeline
-from maskid.detection.mtcnn import MtcnnDetector
+from maskid.detection.cascade import CascadeDetector
 from maskid.errors import NoFaceError
 from maskid.io.images import load_image
 from maskid.io.video import open_source
@@ -186,7 +186,7 @@ def plot(report: dict, path: Path) -> None:
     width = 0.2
     colors = (
         ("maskid", "tab:green"),
-        ("maskid/mtcnn", "tab:blue"),
+        ("maskid/cascade", "tab:blue"),
         ("maskid/every", "tab:olive"),
         ("dlib", "tab:red"),
     )
@@ -251,7 +251,9 @@ def main() -> None:
             photos[n][(k // len(photos)) % len(photos[n])] for k, n in enumerate(list(photos) * 2)
         ]
         baseline = DlibLoop(enroll)
-        before = Recognizer(Path(tmp) / "gallery", detector=MtcnnDetector(), embedder=rec.embedder)
+        cascade = Recognizer(
+            Path(tmp) / "gallery", detector=CascadeDetector(), embedder=rec.embedder
+        )
         scenes = []
         todo = [(size, n) for size in SIZES for n in FACE_COUNTS]
         for size, n in tqdm(todo, desc="scenes"):
@@ -260,8 +262,8 @@ def main() -> None:
             run_maskid(rec, video, CameraOptions(), 2)  # warm-up: caches, thread pools
             scene: dict[str, Any] = {"size": f"{size[0]}x{size[1]}", "faces": n}
             scene["maskid"] = run_maskid(rec, video, CameraOptions(), frames)
-            run_maskid(before, video, CameraOptions(), 2)
-            scene["maskid/mtcnn"] = run_maskid(before, video, CameraOptions(), every_frames)
+            run_maskid(cascade, video, CameraOptions(), 2)
+            scene["maskid/cascade"] = run_maskid(cascade, video, CameraOptions(), every_frames)
             scene["maskid/every"] = run_maskid(
                 rec, video, CameraOptions(embed_every=1, max_refresh=1000), every_frames
             )
@@ -277,7 +279,7 @@ def main() -> None:
         "model": rec.model_name,
         "scenes": scenes,
     }
-    rows = ["maskid", "maskid/mtcnn", "maskid/every", "dlib"]
+    rows = ["maskid", "maskid/cascade", "maskid/every", "dlib"]
     head = (
         f"{'scene':<16}{'pipeline':<14}{'p50 ms':>8}{'p95 ms':>8}{'first ms':>9}{'fps':>7}"
         f"{'found':>7}{'emb/fr':>7}  " + " ".join(f"{s:>6}" for s in STAGES) + "  dlib/maskid"
@@ -299,8 +301,8 @@ def main() -> None:
     print(
         f"\ntargets (640x480, one face): steady FPS {one['maskid']['fps']:.1f} (>= 25), "
         f"first appearance {one['maskid']['first_frame_ms']:.1f} ms (<= 60), "
-        f"detection {one['maskid']['stages_ms']['detect']:.1f} ms (<= 10; MTCNN "
-        f"{one['maskid/mtcnn']['stages_ms']['detect']:.1f}); "
+        f"detection {one['maskid']['stages_ms']['detect']:.1f} ms (<= 10; cascade "
+        f"{one['maskid/cascade']['stages_ms']['detect']:.1f}); "
         f"dlib: {one['dlib']['fps']:.1f} FPS, {one['dlib']['first_frame_ms']:.1f} ms"
     )
     if args.json:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from maskid.detection import FaceDetector
     from maskid.errors import MaskidError
     from maskid.face import Face, Match
-    from maskid.gallery import Gallery, open_gallery
+    from maskid.gallery import Gallery, GalleryBackend, open_gallery
     from maskid.io.images import load_image
     from maskid.networks.embedder import Embedder
     from maskid.pipeline.masks import apply_mask
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "Recognizer": "maskid.pipeline.recognizer",
     "Gallery": "maskid.gallery",
+    "GalleryBackend": "maskid.gallery",
     "open_gallery": "maskid.gallery",
     "FaceDetector": "maskid.detection",
     "Embedder": "maskid.networks.embedder",
@@ -49,6 +50,7 @@ __all__ = [
     "Face",
     "FaceDetector",
     "Gallery",
+    "GalleryBackend",
     "MaskidError",
     "Match",
     "Recognizer",

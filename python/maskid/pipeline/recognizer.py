@@ -27,7 +27,7 @@ from maskid.networks.registry import sha256_file
 # `maskid remove` need none of them.
 if TYPE_CHECKING:
     from maskid.detection import FaceDetector
-    from maskid.gallery import Gallery
+    from maskid.gallery import GalleryBackend
     from maskid.networks.embedder import Embedder
 
 ImageInput = str | Path | np.ndarray
@@ -103,7 +103,7 @@ class Recognizer:
 
     def __init__(
         self,
-        gallery: str | os.PathLike[str] | Gallery | None = None,
+        gallery: str | os.PathLike[str] | GalleryBackend | None = None,
         model: str | None = None,
         threshold: float | None = None,
         mask_copies: int | None = None,
@@ -122,7 +122,7 @@ class Recognizer:
         from maskid.networks import registry as models
         from maskid.paths import default_gallery
 
-        self._gallery: Gallery | None = None
+        self._gallery: GalleryBackend | None = None
         self._gallery_checked = False  # whether _gallery was checked against the embedder
         if gallery is None:
             self.gallery_location: str | Path = default_gallery()
@@ -258,7 +258,7 @@ class Recognizer:
         return self.match(self.analyze(image), top_k, threshold)
 
     # -- gallery --------------------------------------------------------------------------
-    def gallery(self, create: bool = False) -> Gallery:
+    def gallery(self, create: bool = False) -> GalleryBackend:
         """The gallery, checked to hold this recognizer's embedder's descriptors."""
         from maskid.gallery import open_gallery
 
@@ -277,7 +277,7 @@ class Recognizer:
     def gallery_exists(self) -> bool:
         return self._gallery is not None or self._gallery_exists()
 
-    def _gallery_any_model(self) -> Gallery:
+    def _gallery_any_model(self) -> GalleryBackend:
         """The gallery for what does not depend on the model (removing a name): opened without
         building the embedder (no ONNX Runtime) to check it against the gallery's metadata."""
         from maskid.gallery import open_gallery
