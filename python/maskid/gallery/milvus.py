@@ -52,6 +52,7 @@ import numpy as np
 
 from maskid.errors import GalleryError, UnknownIdentityError, UsageError
 from maskid.face import Match
+from maskid.gallery.checks import SHA256, source_pairs, unit_vectors
 from maskid.gallery.store import HnswParams, validate_name
 
 if TYPE_CHECKING:
@@ -74,7 +75,6 @@ RPC_TIMEOUT = 120.0  # seconds per request, retries included (a restarting serve
 NAME_BYTES = 512  # VARCHAR lengths are in bytes: 128 characters of up to 4 bytes
 PATH_BYTES = 4096
 _COLLECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _T = TypeVar("_T")
 
 
@@ -489,7 +489,7 @@ class MilvusGallery:
     def has_source(self, sha256: str) -> bool:
         """Whether an image with this sha256 (hex) already contributed descriptors."""
         sha = sha256.lower()
-        if not _SHA256.match(sha):
+        if not SHA256.match(sha):
             return False
         under: set[str] = set()  # names the open batch adds this image under
         removed: list[str] = []  # names it removes: their committed descriptors go too
@@ -538,7 +538,10 @@ class MilvusGallery:
         """
         name = validate_name(name)
         vecs = self._as_vectors(vectors, what="vectors")
-        srcs = self._as_sources(sources, len(vecs))
+        srcs = [
+            (_truncate_utf8(path, PATH_BYTES), sha)
+            for path, sha in source_pairs(sources, len(vecs))
+        ]
         labels: list[int] = []
         with self.batch():
             self._ops.append(("add", (name, vecs, srcs), labels))
@@ -726,42 +729,8 @@ class MilvusGallery:
 
     # -- validation (as the directory store) ------------------------------------------------
     def _as_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
-        a = np.asarray(vectors)
-        if a.ndim == 1:
-            a = a[None, :]
-        if a.ndim != 2 or a.shape[0] == 0:
-            raise UsageError(f"{what} must have shape (n, {self.dim}) with n >= 1, not {a.shape}")
-        if a.shape[1] != self.dim:
-            raise GalleryError(
-                f"{what} are {a.shape[1]}-d but gallery {self.location} holds {self.dim}-d "
-                f"descriptors from {self.embedder_id}"
-            )
-        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-            raise UsageError(f"{what} must be numbers, not {a.dtype}")
-        a = a.astype(np.float32)
-        if not np.isfinite(a).all():
-            raise UsageError(f"{what} contain NaN or infinite values")
-        norms = np.linalg.norm(a, axis=1, keepdims=True)
-        if (norms < 1e-12).any():
-            raise UsageError(f"{what} contain an all-zero vector")
-        return np.ascontiguousarray(a / norms, dtype=np.float32)
-
-    @staticmethod
-    def _as_sources(sources: Sequence[dict[str, Any]] | None, n: int) -> list[tuple[str, str]]:
-        if sources is None:
-            return [("", "")] * n
-        if len(sources) != n:
-            raise UsageError(f"got {len(sources)} sources for {n} vectors; give one per vector")
-        out = []
-        for s in sources:
-            if not isinstance(s, dict):
-                raise UsageError("each source must be a dict with 'path' and 'sha256'")
-            path = _truncate_utf8(str(s.get("path", "")), PATH_BYTES)
-            sha = str(s.get("sha256", "")).lower()
-            if sha and not _SHA256.match(sha):
-                raise UsageError(f"source sha256 {sha!r} is not 64 hex digits")
-            out.append((path, sha))
-        return out
+        owner = f"gallery {self.location} holds {self.dim}-d descriptors from {self.embedder_id}"
+        return unit_vectors(vectors, what, self.dim, owner)
 
     # -- requests ----------------------------------------------------------------------------
     @property

@@ -58,6 +58,7 @@ import numpy as np
 
 from maskid.errors import GalleryError, UnknownIdentityError, UsageError
 from maskid.face import Match
+from maskid.gallery.checks import source_pairs, unit_vectors
 from maskid.gallery.index import INITIAL_CAPACITY, HnswIndex, HnswParams
 
 if TYPE_CHECKING:  # filelock loads only where a lock is taken
@@ -79,7 +80,6 @@ JOURNAL_MIN_BYTES = 256 << 10
 JOURNAL_MAX_BYTES = 4 << 20
 JOURNAL_FRACTION = 0.25
 _GEN_FILE = re.compile(r"^(index|meta|sources|journal)-(\d{6,})\.(bin|json|log)$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 # Journal record header: magic, JSON length, vector bytes, crc32 of those three, sha256 of
 # (JSON + vectors). The crc tells a damaged length (corruption) from a record cut short (torn).
@@ -562,7 +562,7 @@ class Gallery:
         """
         name = validate_name(name)
         vecs = self._as_vectors(vectors, what="vectors")
-        srcs = self._as_sources(sources, len(vecs))
+        srcs = source_pairs(sources, len(vecs))
         labels: list[int] = []  # filled in again if the batch is replayed on newer state
         with self.batch():
             arg = (name, vecs, srcs, _now())
@@ -684,42 +684,8 @@ class Gallery:
 
     # -- validation ------------------------------------------------------------------------
     def _as_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
-        a = np.asarray(vectors)
-        if a.ndim == 1:
-            a = a[None, :]
-        if a.ndim != 2 or a.shape[0] == 0:
-            raise UsageError(f"{what} must have shape (n, {self.dim}) with n >= 1, not {a.shape}")
-        if a.shape[1] != self.dim:
-            raise GalleryError(
-                f"{what} are {a.shape[1]}-d but gallery {self.path} holds {self.dim}-d "
-                f"descriptors from {self.embedder_id}"
-            )
-        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-            raise UsageError(f"{what} must be numbers, not {a.dtype}")
-        a = a.astype(np.float32)
-        if not np.isfinite(a).all():
-            raise UsageError(f"{what} contain NaN or infinite values")
-        norms = np.linalg.norm(a, axis=1, keepdims=True)
-        if (norms < 1e-12).any():
-            raise UsageError(f"{what} contain an all-zero vector")
-        return np.ascontiguousarray(a / norms, dtype=np.float32)
-
-    @staticmethod
-    def _as_sources(sources: Sequence[dict[str, Any]] | None, n: int) -> list[tuple[str, str]]:
-        if sources is None:
-            return [("", "")] * n
-        if len(sources) != n:
-            raise UsageError(f"got {len(sources)} sources for {n} vectors; give one per vector")
-        out = []
-        for s in sources:
-            if not isinstance(s, dict):
-                raise UsageError("each source must be a dict with 'path' and 'sha256'")
-            path = str(s.get("path", ""))
-            sha = str(s.get("sha256", "")).lower()
-            if sha and not _SHA256.match(sha):
-                raise UsageError(f"source sha256 {sha!r} is not 64 hex digits")
-            out.append((path, sha))
-        return out
+        owner = f"gallery {self.path} holds {self.dim}-d descriptors from {self.embedder_id}"
+        return unit_vectors(vectors, what, self.dim, owner)
 
     # -- in-memory updates -----------------------------------------------------------------
     def _known(self, name: str) -> bool:
