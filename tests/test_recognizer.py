@@ -60,6 +60,27 @@ def test_python_api_enroll_then_recognize(lfw10: Path, tmp_path: Path) -> None:
     assert loose.identity == "Hugo_Chavez"
 
 
+def test_stages_and_gallery_from_the_caller(lfw10: Path, tmp_path: Path) -> None:
+    """Injected stages: an open gallery object (created empty by the caller), a detector and
+    an embedder shared with another recognizer; enrollment writes into that very gallery."""
+    from maskid.detection.mtcnn import MtcnnDetector
+    from maskid.gallery import open_gallery
+    from maskid.networks.embedder import Embedder
+
+    embedder, detector = Embedder(), MtcnnDetector(threads=1)
+    gallery = open_gallery(
+        tmp_path / "g", embedder_id=embedder.model_id, dim=embedder.dim, create=True
+    )
+    rec = Recognizer(gallery, detector=detector, embedder=embedder)
+    assert rec.gallery_exists() and rec.detector is detector and rec.embedder is embedder
+    rec.enroll("Colin_Powell", [lfw10 / "Colin_Powell" / "Colin_Powell_0002.jpg"])
+    assert gallery.identities() == {"Colin_Powell": 1 + rec.mask_copies}
+    assert not (Path.cwd() / "<gallery object>").exists()
+    other = Recognizer(tmp_path / "g", detector=detector, embedder=embedder)
+    (face,) = other.recognize(lfw10 / "Colin_Powell" / "Colin_Powell_0004.jpg")
+    assert face.matches[0].identity == "Colin_Powell"
+
+
 def test_enrolled_masked_copies_are_aligned_from_a_detection_on_the_masked_image(
     m2fred: Path, tmp_path: Path
 ) -> None:

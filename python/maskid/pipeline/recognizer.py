@@ -124,6 +124,7 @@ class Recognizer:
 
         self._gallery: GalleryBackend | None = None
         self._gallery_checked = False  # whether _gallery was checked against the embedder
+        self._gallery_given = False  # an open gallery from the caller: never reopened here
         if gallery is None:
             self.gallery_location: str | Path = default_gallery()
         elif isinstance(gallery, str | os.PathLike):
@@ -131,7 +132,7 @@ class Recognizer:
 
             self.gallery_location = as_location(gallery)
         else:
-            self._gallery = gallery
+            self._gallery, self._gallery_given = gallery, True
             self.gallery_location = str(getattr(gallery, "location", "<gallery object>"))
         self.model_name = embedder.name if embedder is not None else model or models.DEFAULT_MODEL
         self._threshold = threshold
@@ -262,7 +263,8 @@ class Recognizer:
         """The gallery, checked to hold this recognizer's embedder's descriptors."""
         from maskid.gallery import open_gallery
 
-        if self._gallery is None or (create and not self._gallery_exists()):
+        reopen = create and not self._gallery_given and not self._gallery_exists()
+        if self._gallery is None or reopen:
             self._gallery = open_gallery(
                 self.gallery_location,
                 embedder_id=self.embedder.model_id,
