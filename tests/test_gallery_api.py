@@ -85,8 +85,10 @@ def test_add_search_remove_reopen(location: str):
     with g.batch():
         for name, c in centres.items():
             g.add(name, c + 0.3 * unit(rng, 4))
+        assert g.count("person 0") == 4  # as the batch has it
     assert len(g) == 24
     assert g.identities() == {name: 4 for name in centres}
+    assert [g.count(name) for name in centres] == [4] * 6 and g.count("nobody") == 0
     results = g.search(np.stack(list(centres.values())), k=3)
     assert [r[0].identity for r in results] == list(centres)
     for r in results:
@@ -96,7 +98,7 @@ def test_add_search_remove_reopen(location: str):
         assert 0.9 < scores[0] <= 1.0 + 1e-5
 
     assert g.remove("person 2") == 4
-    assert "person 2" not in g.identities()
+    assert "person 2" not in g.identities() and g.count("person 2") == 0
     assert all(m.identity != "person 2" for m in g.search(centres["person 2"], k=6)[0])
 
     g2 = open_gallery(location, embedder_id=EMBEDDER, dim=DIM)
@@ -105,7 +107,7 @@ def test_add_search_remove_reopen(location: str):
     assert g2.search(centres["person 3"], k=1)[0][0].identity == "person 3"
     g2.add("person 2", centres["person 2"])  # a removed name can come back
     g3 = open_gallery(location)
-    assert g3.identities()["person 2"] == 1
+    assert g3.identities()["person 2"] == 1 == g3.count("person 2")
     assert g3.search(centres["person 2"], k=1)[0][0].identity == "person 2"
     for x in (g, g2, g3):
         x.close()

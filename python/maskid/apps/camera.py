@@ -89,7 +89,7 @@ class FacePipeline:
         self.options.check()
         self.rec = rec
         self.gallery = rec.gallery()
-        if not self.gallery.identities():
+        if len(self.gallery) == 0:
             raise GalleryError(f"gallery {rec.gallery_location} is empty; enroll someone first")
         self.threshold = rec.threshold if self.options.threshold is None else self.options.threshold
         self.tracker = IouTracker(

@@ -217,7 +217,7 @@ def _refuse_duplicates(rec: Recognizer, name: str, images: tuple[Path, ...]) -> 
     if not rec.gallery_exists():
         return
     gallery = rec.gallery()
-    if not gallery.identities():
+    if len(gallery) == 0:
         return
     for image in images:
         try:
@@ -259,7 +259,8 @@ def enroll(
 
     name = validate_name(name)
     rec = _recognizer(gallery_dir, model)
-    before = rec.identities().get(name, 0) if rec.gallery_exists() else 0
+    # One name's count, not the whole list: a remote gallery of millions answers it from an index.
+    before = rec.gallery().count(name) if rec.gallery_exists() else 0
     if not allow_duplicate:
         _refuse_duplicates(rec, name, images)
     n = rec.enroll(name, images)
@@ -267,7 +268,7 @@ def enroll(
     if before:
         # Each photo is stored as its descriptor plus the model's masked copies.
         per_photo = 1 + rec.mask_copies
-        now = rec.identities()[name]
+        now = rec.gallery().count(name)
         total = f"now {now // per_photo}" if now % per_photo == 0 else f"now {now} descriptors"
         click.echo(f"added {photos} to {name!r} ({total}) in {rec.gallery_location}")
     else:

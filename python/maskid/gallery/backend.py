@@ -52,6 +52,11 @@ class GalleryBackend(Protocol):
         """Name -> number of descriptors, for everyone enrolled (sorted by name)."""
         ...
 
+    def count(self, name: str) -> int:
+        """Descriptors enrolled under `name` (0: nobody of that name), without listing everyone
+        (a large remote gallery answers this from an index, `identities` from a scan)."""
+        ...
+
     def has_source(self, sha256: str) -> bool:
         """Whether an image with this sha256 (hex) already contributed descriptors."""
         ...

@@ -702,6 +702,10 @@ class MilvusGallery:
         # COSINE "distance" in Milvus is the similarity (higher is closer).
         return [[(h["entity"]["name"], float(h["distance"])) for h in row] for row in res]
 
+    def count(self, name: str) -> int:
+        """Descriptors enrolled under `name` (0: nobody of that name), the open batch included."""
+        return self._named(name) + self._pending_delta(name)
+
     def _named(self, name: str) -> int:
         """Descriptors committed under `name` (a filtered query: count(*) scans every row on
         some servers, and one person has few descriptors)."""

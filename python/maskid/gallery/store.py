@@ -527,6 +527,12 @@ class Gallery:
         self._ensure_fresh()
         return {n: c for n, c in sorted(zip(self._names, self._counts, strict=True)) if c > 0}
 
+    def count(self, name: str) -> int:
+        """Descriptors enrolled under `name` (0: nobody of that name)."""
+        self._ensure_fresh()
+        i = self._name_ids.get(name)
+        return 0 if i is None else int(self._counts[i])
+
     def has_source(self, sha256: str) -> bool:
         """Whether an image with this sha256 (hex) already contributed descriptors."""
         self._ensure_fresh()
