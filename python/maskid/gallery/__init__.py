@@ -1,7 +1,7 @@
 """The gallery: enrolled descriptors by name, searched by cosine similarity.
 
-`store` keeps them in a directory (versioned generations, atomic commits, a lock for writers)
-and searches them with hnswlib; `milvus` keeps them in a Milvus collection
+`store` keeps them in a directory (versioned generations, commits appended to a journal, a lock
+for writers) and searches them with hnswlib (`index`); `milvus` keeps them in a Milvus collection
 (`milvus://HOST:PORT/COLLECTION`, `pip install maskid[milvus]`). `open_gallery` picks the
 backend from the location, so the pipeline and the CLI never name one; both provide
 `backend.GalleryBackend`.
