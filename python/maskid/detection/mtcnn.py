@@ -194,9 +194,9 @@ class MtcnnDetector:
         self.max_side = max_side
         self.scale_factor = float(scale_factor)
         folder = Path(model_dir) if model_dir is not None else DETECTOR_DIR
-        self._pnet = _session(folder / "pnet.onnx", threads, providers)
-        self._rnet = _session(folder / "rnet.onnx", threads, providers)
-        self._onet = _session(folder / "onet.onnx", threads, providers)
+        self._pnet = detector_session(folder / "pnet.onnx", threads, providers)
+        self._rnet = detector_session(folder / "rnet.onnx", threads, providers)
+        self._onet = detector_session(folder / "onet.onnx", threads, providers)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -352,19 +352,26 @@ class MtcnnDetector:
         return boxes[keep], points[keep]
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
+def check_rgb(image: np.ndarray) -> np.ndarray:
+    """`image` if it is what every detector takes (uint8 H x W x 3 RGB), else ImageError."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise ImageError("detect() needs a uint8 numpy array (H x W x 3, RGB)")
     if image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f"detect() needs an H x W x 3 RGB image, got shape {image.shape}")
+    return image
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    check_rgb(image)
     if min(image.shape[:2]) < _PNET_CELL:
         return np.zeros((_PNET_CELL, _PNET_CELL, 3), np.uint8)  # too small: finds nothing
     return np.ascontiguousarray(image)
 
 
-def _session(path: Path, threads: int, providers: Sequence[str] | None) -> Any:
-    """The process's session for one MTCNN stage (options: see maskid.networks.tensorrt, where they were
-    chosen by measurement; the three nets differ by < 1 ms between optimisation levels)."""
+def detector_session(path: Path, threads: int, providers: Sequence[str] | None) -> Any:
+    """The process's session for a detector network (each MTCNN stage, YuNet); options: see
+    maskid.networks.tensorrt, where they were chosen by measurement (MTCNN's three nets differ
+    by < 1 ms between optimisation levels)."""
     import onnxruntime as ort
 
     from maskid.networks.tensorrt import GRAPH_OPTIMIZATION, shared_session

@@ -21,13 +21,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
-from maskid.detection.mtcnn import nms
-from maskid.errors import ImageError, ModelError
+from maskid.detection.mtcnn import check_rgb, detector_session, nms
 from maskid.face import Face, iou
 from maskid.paths import PACKAGE_DATA
 
@@ -78,7 +76,7 @@ class YunetDetector:
         self.verify_floor = float(verify_floor)
         self.nms_threshold = float(nms_threshold)
         self.max_side = max_side
-        self._session = _session(Path(model_path or YUNET_PATH), threads, providers)
+        self._session = detector_session(Path(model_path or YUNET_PATH), threads, providers)
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._lock = threading.Lock()
 
@@ -94,7 +92,7 @@ class YunetDetector:
 
         min_score: keep faces down to this score instead of `score_threshold` (a cascade's
         second stage judges the weaker ones)."""
-        image = _check_image(image_rgb)
+        image = check_rgb(image_rgb)
         small, scale = self._analysed(image)
         keep_from = self.score_threshold if min_score is None else float(min_score)
         floor = keep_from
@@ -174,37 +172,3 @@ class YunetDetector:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         return small, small.shape[1] / w
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-        raise ImageError("detect() needs a uint8 numpy array (H x W x 3, RGB)")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ImageError(f"detect() needs an H x W x 3 RGB image, got shape {image.shape}")
-    return image
-
-
-def _session(path: Path, threads: int, providers: Sequence[str] | None) -> Any:
-    """The process's YuNet session (options as for MTCNN: maskid.detection.mtcnn._session)."""
-    import onnxruntime as ort
-
-    from maskid.networks.tensorrt import GRAPH_OPTIMIZATION, shared_session
-
-    if not path.is_file():
-        raise ModelError(f"detector model missing: {path}")
-    chosen = list(providers or ["CPUExecutionProvider"])
-
-    def make() -> Any:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION)
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(path), sess_options=so, providers=chosen)
-
-    try:
-        return shared_session(path, chosen, threads, make)
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise ModelError(f"cannot load detector model {path}: {e}") from e
