@@ -3,13 +3,25 @@ one-line errors whichever backend holds the descriptors."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from maskid.errors import GalleryError, UsageError
+
+
+def rebuild_hint(path: str | os.PathLike[str]) -> str:
+    """How to rebuild the gallery at `path`, as a command to copy (for error messages)."""
+    return (
+        f"rebuild it with `maskid build DATASET --gallery {shlex.quote(str(path))} --force` "
+        "(DATASET: the folder of <name>/ photo folders it was built from), or enroll into "
+        "a new --gallery"
+    )
+
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -51,3 +63,22 @@ def source_pairs(sources: Sequence[dict[str, Any]] | None, n: int) -> list[tuple
             raise UsageError(f"source sha256 {sha!r} is not 64 hex digits")
         out.append((path, sha))
     return out
+
+
+def same_embedder(
+    location: object, have: tuple[str, int], want_id: str | None, want_dim: int | None
+) -> None:
+    """GalleryError, saying how to rebuild, unless a gallery holding `have` (embedder id, dim)
+    serves an embedder `want_id` making `want_dim`-d descriptors (None: not checked)."""
+    have_id, have_dim = have
+    hint = rebuild_hint(str(location))
+    if want_id is not None and want_id != have_id:
+        raise GalleryError(
+            f"gallery {location} was built with {have_id} but the current model is "
+            f"{want_id}; {hint}"
+        )
+    if want_dim is not None and want_dim != have_dim:
+        raise GalleryError(
+            f"gallery {location} holds {have_dim}-d descriptors but the current model "
+            f"makes {want_dim}-d ones; {hint}"
+        )

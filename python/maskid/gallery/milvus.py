@@ -52,7 +52,7 @@ import numpy as np
 
 from maskid.errors import GalleryError, UnknownIdentityError, UsageError
 from maskid.face import Match
-from maskid.gallery.checks import SHA256, source_pairs, unit_vectors
+from maskid.gallery.checks import SHA256, same_embedder, source_pairs, unit_vectors
 from maskid.gallery.store import HnswParams, validate_name
 
 if TYPE_CHECKING:
@@ -401,16 +401,7 @@ class MilvusGallery:
     def check_embedder(self, embedder_id: str | None, dim: int | None) -> None:
         """GalleryError (saying how to rebuild) unless the gallery was built by `embedder_id`
         with `dim`-d descriptors (None: not checked)."""
-        if embedder_id is not None and embedder_id != self.embedder_id:
-            raise GalleryError(
-                f"gallery {self.location} was built with {self.embedder_id} but the current "
-                f"model is {embedder_id}; {rebuild_hint(self.location)}"
-            )
-        if dim is not None and dim != self.dim:
-            raise GalleryError(
-                f"gallery {self.location} holds {self.dim}-d descriptors but the current model "
-                f"makes {dim}-d ones; {rebuild_hint(self.location)}"
-            )
+        same_embedder(self.location, (self.embedder_id, self.dim), embedder_id, dim)
 
     # -- properties --------------------------------------------------------------------------
     @property

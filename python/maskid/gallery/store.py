@@ -42,7 +42,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import signal
 import struct
 import unicodedata
@@ -58,7 +57,7 @@ import numpy as np
 
 from maskid.errors import GalleryError, UnknownIdentityError, UsageError
 from maskid.face import Match
-from maskid.gallery.checks import source_pairs, unit_vectors
+from maskid.gallery.checks import rebuild_hint, same_embedder, source_pairs, unit_vectors
 from maskid.gallery.index import INITIAL_CAPACITY, HnswIndex, HnswParams
 
 if TYPE_CHECKING:  # filelock loads only where a lock is taken
@@ -125,15 +124,6 @@ def validate_name(name: object) -> str:
     if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
         raise UsageError(f"identity name {name!r} contains control characters")
     return name
-
-
-def rebuild_hint(path: str | os.PathLike[str]) -> str:
-    """How to rebuild the gallery at `path`, as a command to copy (for error messages)."""
-    return (
-        f"rebuild it with `maskid build DATASET --gallery {shlex.quote(str(path))} --force` "
-        "(DATASET: the folder of <name>/ photo folders it was built from), or enroll into "
-        "a new --gallery"
-    )
 
 
 @functools.cache
@@ -472,17 +462,7 @@ class Gallery:
     def check_embedder(self, embedder_id: str | None, dim: int | None) -> None:
         """GalleryError (saying how to rebuild) unless the gallery was built by `embedder_id`
         with `dim`-d descriptors (None: not checked)."""
-        have = self.embedder_id
-        if embedder_id is not None and embedder_id != have:
-            raise GalleryError(
-                f"gallery {self.path} was built with {have} but the current model is "
-                f"{embedder_id}; {rebuild_hint(self.path)}"
-            )
-        if dim is not None and dim != self.dim:
-            raise GalleryError(
-                f"gallery {self.path} holds {self.dim}-d descriptors but the current model "
-                f"makes {dim}-d ones; {rebuild_hint(self.path)}"
-            )
+        same_embedder(self.path, (self.embedder_id, self.dim), embedder_id, dim)
 
     # -- properties --------------------------------------------------------------------------
     @property
